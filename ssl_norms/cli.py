@@ -1,0 +1,168 @@
+"""``ssl-norms``: LightningCLI (fit / validate / test / predict) plus the project's own commands.
+
+Every run writes into one run directory: ``metrics.csv``, ``config.yaml``, ``checkpoints/``
+(``last.ckpt`` always kept), the summary PNG and, with W&B, ``wandb/``. The directory is
+``--run_dir`` when given, else ``$SSL_NORMS_RUNS/<method>-<data>/<timestamp or SLURM job id>``
+(``$SSL_NORMS_RUNS`` defaults to ``runs``). ``--ckpt_path last`` without ``--run_dir`` resumes the
+newest run of the same method and data.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+import ssl_norms.callbacks  # noqa: F401  (makes callback class names resolvable in YAML)
+from ssl_norms.callbacks import NonFiniteGuard, NonFiniteLossError
+from ssl_norms.data import SSLDataModule
+from ssl_norms.methods import SSLMethod
+
+RUNS_ENV = "SSL_NORMS_RUNS"
+RUN_DIR_ENV = "SSL_NORMS_RUN_DIR"  # set by the launching process so DDP children share the run dir
+CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+
+
+class UsageError(ValueError):
+    """A bad command line or config; printed as one line."""
+
+
+def _short_name(class_path: str) -> str:
+    return class_path.rsplit(".", 1)[-1].lower().replace("datamodule", "")
+
+
+def experiment_name(cfg: Namespace) -> str:
+    return f"{_short_name(cfg.model.class_path)}-{_short_name(cfg.data.class_path)}"
+
+
+def _run_id() -> str:
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{job}" + (f"-{task}" if task else "")
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def newest_resumable_run(experiment_dir: Path) -> Path | None:
+    candidates = sorted(experiment_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return candidates[-1].parent.parent if candidates else None
+
+
+def resolve_run_dir(cfg: Namespace, subcommand: str) -> Path:
+    """Where this run writes (see module docstring)."""
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    experiment_dir = Path(os.environ.get(RUNS_ENV, "runs")) / experiment_name(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if subcommand == "fit":
+        if ckpt_path == "last":
+            run = newest_resumable_run(experiment_dir)
+            if run is None:
+                raise UsageError(f"--ckpt_path last: no run with checkpoints/last.ckpt under {experiment_dir}; pass --run_dir DIR")
+            return run
+        return experiment_dir / _run_id()
+    # validate/test/predict write next to the checkpoint's run, never over its files
+    if ckpt_path and ckpt_path not in ("last", "best"):
+        ckpt = Path(ckpt_path)
+        base = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        return base / f"{subcommand}-{_run_id()}"
+    return experiment_dir / f"{subcommand}-{_run_id()}"
+
+
+def _configure_logger(logger: Namespace, run_dir: Path) -> Namespace:
+    args = logger.get("init_args") or Namespace()
+    class_name = logger.class_path.rsplit(".", 1)[-1]
+    if class_name in ("CSVLogger", "TensorBoardLogger"):
+        args.save_dir, args.name, args.version = str(run_dir), "", ""
+    elif class_name == "WandbLogger":
+        from ssl_norms.wandb_setup import configure_wandb_args
+
+        configure_wandb_args(args, run_dir)
+    logger.init_args = args
+    return logger
+
+
+class SSLNormsCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--run_dir", type=str | None, default=None,
+            help=f"run directory (default ${RUNS_ENV}/<method>-<data>/<timestamp>; set it to resume a given run)",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        run_dir = resolve_run_dir(cfg, self.subcommand)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+        cfg.run_dir = str(run_dir)
+        cfg.trainer.default_root_dir = str(run_dir)
+        logger = cfg.trainer.logger
+        if logger is None or logger is True:
+            logger = Namespace(class_path=CSV_LOGGER, init_args=Namespace())
+        if logger is not False:
+            loggers = logger if isinstance(logger, list) else [logger]
+            cfg.trainer.logger = [_configure_logger(entry, run_dir) for entry in loggers]
+        self.run_dir = run_dir
+
+    def instantiate_trainer(self, **kwargs):
+        # Every run keeps last.ckpt in <run_dir>/checkpoints and stops cleanly on a non-finite loss.
+        configured = self.config_init[self.subcommand].trainer.get("callbacks") or []
+        callbacks = list(configured) if isinstance(configured, list) else [configured]
+        checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+        for callback in checkpoints:
+            if callback.dirpath is None:
+                callback.dirpath = str(self.run_dir / "checkpoints")
+        if not checkpoints:
+            callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / "checkpoints"), save_last=True))
+        if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
+            callbacks.append(NonFiniteGuard())
+        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+
+
+def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
+    inherited = os.environ.get(RUN_DIR_ENV)
+    try:
+        return SSLNormsCLI(
+            SSLMethod,
+            SSLDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    finally:  # the run dir is shared with this run's DDP children only, not with later runs in-process
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = inherited
+
+
+PROJECT_COMMANDS: dict[str, str] = {}  # name -> "module:function"; extra commands register here
+
+
+def main(argv: list[str] | None = None) -> None:
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if words and words[0] in PROJECT_COMMANDS:
+            module, function = PROJECT_COMMANDS[words[0]].split(":")
+            getattr(__import__(module, fromlist=[function]), function)(words[1:])
+        else:
+            run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
+    except (UsageError, NonFiniteLossError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("SSL_NORMS_DEBUG"):
+            raise
+        print(f"ssl-norms: error: {err}", file=sys.stderr)
+        sys.exit(2 if not isinstance(err, NonFiniteLossError) else 3)
+
+
+if __name__ == "__main__":
+    main()

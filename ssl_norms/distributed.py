@@ -1,0 +1,42 @@
+"""Cross-rank helpers for losses that need the global batch (e.g. InfoNCE negatives)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def world_size() -> int:
+    """Number of ranks in the default process group (1 when not running distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def all_gather_with_grad(t: Tensor) -> tuple[Tensor, int]:
+    """Concatenate ``t`` from all ranks along dim 0, keeping gradients to every rank's input.
+
+    Returns ``(global_tensor, offset)`` where ``global_tensor[offset : offset + len(t)]`` are this
+    rank's rows. The backward of ``torch.distributed.nn.functional.all_gather`` sums the gradients
+    that all ranks send to a rank's slice, so each rank's local tensor receives the gradient of the
+    sum of all ranks' losses; DDP's averaging then makes the parameter gradients exact.
+
+    Every rank must pass a tensor of the same shape (equal local batch sizes): the collective
+    assumes it and checking would cost an extra communication, so it is not checked here.
+    Without an initialised process group, or with a single rank, returns ``(t, 0)``.
+    """
+    if t.ndim == 0:
+        raise ValueError("all_gather_with_grad needs a tensor with a batch dimension; pass t of shape (n, ...)")
+    if world_size() == 1:
+        return t, 0
+    # Imported lazily: the module pulls in distributed autograd machinery not needed single-process.
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():
+        # torch 2.14 marks it deprecated (FutureWarning) but it is the public collective with autograd.
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*", category=FutureWarning)
+        parts = all_gather(t)
+    return torch.cat(parts, dim=0), dist.get_rank() * t.shape[0]

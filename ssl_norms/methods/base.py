@@ -1,0 +1,186 @@
+"""What every SSL method shares: backbone by name, optimizer, warmup-cosine schedule, and the
+exposure contract that callbacks rely on.
+
+The exposure contract (the only thing callbacks may know about a method):
+
+* ``training_step`` returns ``{"loss": loss, "ssl": SSLStep(...)}``. Lightning hands that dict to
+  every callback's ``on_train_batch_end`` as ``outputs`` (tensors detached). ``SSLStep.embeddings``
+  are the loss-space embeddings (one tensor per view, the tensors the loss is applied to) and
+  ``SSLStep.features`` the backbone features; row i of every view is the same image, so rows with
+  equal index across views are the positive pairs.
+* Every method passes its loss-space embeddings through ``self.loss_space(z)`` right before the
+  loss. Interventions such as GradScale register a function in ``loss_space_hooks`` to wrap them.
+* ``validation_step`` returns ``{"features", "embeddings", "label", "index"}`` for un-augmented
+  images, computed by ``embed``; monitors (OnlineKNN, norm studies) collect them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from ssl_norms.models import build_backbone
+
+
+class SSLStep(NamedTuple):
+    """One training step as callbacks see it."""
+
+    loss: Tensor
+    features: list[Tensor]  # backbone features, one (N, F) tensor per view
+    embeddings: list[Tensor]  # loss-space embeddings, one (N, D) tensor per view
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, floor: float, warmup_start: float = 0.0) -> float:
+    """Multiplier of the base lr at ``step``: linear warmup from ``warmup_start`` to 1, then cosine
+    down to ``floor`` (a fraction of the base lr) at ``total_steps``.
+
+    LambdaLR multiplies the base lr by this value, so it must be a *factor*; returning an absolute
+    lr here would square the learning rate.
+    """
+    if step < warmup_steps:
+        return warmup_start + (1.0 - warmup_start) * step / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _is_bias_or_norm(name: str, param: nn.Parameter) -> bool:
+    return param.ndim <= 1  # biases and BatchNorm/LayerNorm affine parameters are 1-d
+
+
+class SSLMethod(L.LightningModule):
+    """Base of every method. Subclasses build their heads, implement ``project`` and ``ssl_step``.
+
+    Args:
+        backbone: ``resnet18``/``resnet34``/``resnet50``/``resnet101``, ``mlp`` (vector data) or a timm model name.
+        cifar_stem: 3x3 stride-1 first conv and no max-pool (32 px images).
+        backbone_width: channels of the first ResNet stage (64 standard; 16 for CPU-scale studies).
+        input_dim / mlp_hidden_dims: for the ``mlp`` backbone.
+        lr: peak learning rate (absolute), reached at the end of warmup.
+        momentum / nesterov / weight_decay: SGD settings.
+        exclude_bias_and_norm_from_wd: no weight decay on biases and normalisation parameters.
+        warmup_epochs: linear warmup length, in epochs (fractions allowed); counted in optimizer steps.
+        warmup_start_factor: lr at step 0 as a fraction of ``lr``.
+        min_lr: absolute lr at the end of the cosine.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        cifar_stem: bool = True,
+        backbone_width: int = 64,
+        input_dim: int | None = None,
+        mlp_hidden_dims: list[int] | None = None,
+        lr: float = 0.3,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 1e-6,
+        exclude_bias_and_norm_from_wd: bool = False,
+        warmup_epochs: float = 10.0,
+        warmup_start_factor: float = 0.0,
+        min_lr: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, value in {"lr": lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "min_lr": min_lr}.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if min_lr > lr:
+            raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
+        self.save_hyperparameters()
+        self.backbone, self.feature_dim = build_backbone(
+            backbone, cifar_stem=cifar_stem, width=backbone_width, input_dim=input_dim, hidden_dims=mlp_hidden_dims
+        )
+        # Functions applied to loss-space embeddings right before the loss (see module docstring).
+        self.loss_space_hooks: list[Callable[[Tensor], Tensor]] = []
+
+    # ---- what a method implements -------------------------------------------------------------
+    def project(self, features: Tensor) -> Tensor:
+        """Backbone features -> loss-space embeddings (the online branch)."""
+        raise NotImplementedError
+
+    def ssl_step(self, views: list[Tensor]) -> SSLStep:
+        """Loss of one batch of views, with the features and loss-space embeddings it used."""
+        raise NotImplementedError
+
+    # ---- shared machinery ----------------------------------------------------------------------
+    def loss_space(self, z: Tensor) -> Tensor:
+        for hook in self.loss_space_hooks:
+            z = hook(z)
+        return z
+
+    def encode_views(self, views: list[Tensor]) -> list[Tensor]:
+        """Backbone features of each view; same-shape views go through in one batched call."""
+        if all(v.shape == views[0].shape for v in views):
+            return list(self.backbone(torch.cat(views)).chunk(len(views)))
+        return [self.backbone(v) for v in views]
+
+    def embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(backbone features, loss-space embeddings) of un-augmented inputs."""
+        features = self.backbone(x)
+        return features, self.project(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        step = self.ssl_step(batch["views"])
+        self.log("train/loss", step.loss, prog_bar=True)
+        return {"loss": step.loss, "ssl": step}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        features, embeddings = self.embed(batch["image"])
+        return {"features": features, "embeddings": embeddings, "label": batch["label"], "index": batch["index"]}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        return self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        return self.validation_step(batch, batch_idx, dataloader_idx)
+
+    # ---- optimisation --------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the optimizer. A group with ``"scheduled": False`` keeps a fixed lr
+        (SimSiam's predictor option); methods override to add such groups."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def _split_weight_decay(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not self.hparams.exclude_bias_and_norm_from_wd:
+            return groups
+        names = {id(p): n for n, p in self.named_parameters()}
+        split = []
+        for group in groups:
+            decay = [p for p in group["params"] if not _is_bias_or_norm(names.get(id(p), ""), p)]
+            no_decay = [p for p in group["params"] if _is_bias_or_norm(names.get(id(p), ""), p)]
+            split += [{**group, "params": decay}, {**group, "params": no_decay, "weight_decay": 0.0}]
+        return [g for g in split if g["params"]]
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (micro-batches / accumulation), so schedules count real updates."""
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches  # also loads the train dataloader
+        if trainer.max_epochs and trainer.max_epochs > 0 and trainer.num_training_batches != float("inf"):
+            return max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+        return max(1, int(total))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = self._split_weight_decay(self.parameter_groups())
+        for group in groups:
+            group.setdefault("weight_decay", hp.weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup_steps = int(round(hp.warmup_epochs * self.steps_per_epoch()))
+        floor = hp.min_lr / hp.lr if hp.lr > 0 else 0.0
+
+        def factor(step: int) -> float:
+            return warmup_cosine_factor(step, warmup_steps, total_steps, floor, hp.warmup_start_factor)
+
+        lambdas = [factor if g.get("scheduled", True) else (lambda step: 1.0) for g in groups]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,40 @@
+"""SimCLR: InfoNCE over two views, negatives from every rank."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ssl_norms.distributed import all_gather_with_grad
+from ssl_norms.losses import info_nce
+from ssl_norms.methods.base import SSLMethod, SSLStep
+from ssl_norms.models import mlp_head
+
+
+class SimCLR(SSLMethod):
+    """SimCLR (Chen et al. 2020). Loss space = projector output.
+
+    Args:
+        temperature: InfoNCE temperature.
+        projector_dims: hidden and output sizes after the backbone features.
+        **kwargs: backbone and optimisation settings of :class:`SSLMethod`.
+    """
+
+    def __init__(self, temperature: float = 0.5, projector_dims: Sequence[int] = (2048, 2048, 256), **kwargs) -> None:
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.projector = mlp_head([self.feature_dim, *projector_dims])
+
+    def project(self, features: Tensor) -> Tensor:
+        return self.projector(features)
+
+    def ssl_step(self, views: list[Tensor]) -> SSLStep:
+        features = self.encode_views(views)
+        # Both views through the projector in one call, like the backbone (BN sees all 2N rows).
+        z1, z2 = self.loss_space(self.project(torch.cat(features))).chunk(2)
+        loss = info_nce(z1, z2, self.temperature, gather=all_gather_with_grad)
+        return SSLStep(loss, features, [z1, z2])

@@ -1,0 +1,98 @@
+"""Backbones by name: torchvision ResNets (CIFAR stem, width), an MLP for vector data, any timm model.
+
+Every builder returns ``(module, feature_dim)`` where the module maps a batch to (N, feature_dim)
+features with no classifier head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+
+_TORCHVISION_RESNETS = {
+    "resnet18": (resnet.BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (resnet.BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (resnet.Bottleneck, [3, 4, 6, 3]),
+    "resnet101": (resnet.Bottleneck, [3, 4, 23, 3]),
+}
+
+
+def resnet_backbone(name: str, cifar_stem: bool = False, width: int = 64) -> tuple[nn.Module, int]:
+    """torchvision ResNet without its classifier.
+
+    ``width`` is the channel count of the first stage (64 in the standard network); narrower
+    widths keep the architecture but make CPU-scale studies possible. ``cifar_stem`` swaps the
+    7x7/stride-2 conv and max-pool for a 3x3/stride-1 conv, the usual choice for 32 px images.
+    """
+    block, layers = _TORCHVISION_RESNETS[name]
+    # torchvision's ResNet hard-codes 64 channels in its stem and stages; other widths rebuild them.
+    net = resnet.ResNet(block, layers) if width == 64 else _narrow_resnet(block, layers, width)
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, feature_dim
+
+
+def _narrow_resnet(block: type, layers: list[int], width: int) -> resnet.ResNet:
+    net = resnet.ResNet(block, layers)
+    net.inplanes = width
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    net.layer1 = net._make_layer(block, width, layers[0])
+    net.layer2 = net._make_layer(block, width * 2, layers[1], stride=2)
+    net.layer3 = net._make_layer(block, width * 4, layers[2], stride=2)
+    net.layer4 = net._make_layer(block, width * 8, layers[3], stride=2)
+    net.fc = nn.Linear(width * 8 * block.expansion, 1)
+    for m in net.modules():  # the same initialisation torchvision applies
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return net
+
+
+def mlp_backbone(input_dim: int, hidden_dims: list[int]) -> tuple[nn.Module, int]:
+    """Linear-BN-ReLU stack for vector data (the synthetic latent-class demo)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    prev = input_dim
+    for h in hidden_dims:
+        layers += [nn.Linear(prev, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+        prev = h
+    return nn.Sequential(*layers), prev
+
+
+def timm_backbone(name: str, **kwargs) -> tuple[nn.Module, int]:
+    import timm  # imported lazily: timm's import is slow and most runs use torchvision
+
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except RuntimeError as err:  # timm raises RuntimeError("Unknown model ...")
+        raise ValueError(
+            f"unknown backbone {name!r}: use resnet18/resnet34/resnet50/resnet101, 'mlp', or a timm model name"
+        ) from err
+    return net, net.num_features
+
+
+def build_backbone(
+    name: str,
+    cifar_stem: bool = False,
+    width: int = 64,
+    input_dim: int | None = None,
+    hidden_dims: list[int] | None = None,
+) -> tuple[nn.Module, int]:
+    """Backbone by name. ``mlp`` needs ``input_dim``; names that are not ResNets go to timm."""
+    if name in _TORCHVISION_RESNETS:
+        if width < 1:
+            raise ValueError(f"backbone width must be >= 1, got {width}")
+        return resnet_backbone(name, cifar_stem=cifar_stem, width=width)
+    if name == "mlp":
+        if input_dim is None:
+            raise ValueError("the 'mlp' backbone needs input_dim (the data's vector length)")
+        return mlp_backbone(input_dim, hidden_dims or [256, 256])
+    return timm_backbone(name)
+
+
+@torch.no_grad()
+def feature_dim_of(module: nn.Module, example: torch.Tensor) -> int:
+    return module(example).shape[-1]

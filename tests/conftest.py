@@ -1,0 +1,81 @@
+"""Shared fixtures: isolated run/cache dirs, generated image fixtures, the real data root."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_runs(tmp_path, monkeypatch):
+    """Every test writes runs under its own tmp dir and never inherits a run dir."""
+    monkeypatch.setenv("SSL_NORMS_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("SSL_NORMS_RUN_DIR", "")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def real_data_root() -> Path:
+    """``$SSL_NORMS_DATA`` when it holds the CIFAR-10 copy; skips otherwise."""
+    root = os.environ.get("SSL_NORMS_DATA")
+    if not root or not (Path(root) / "cifar10-jpg" / "train").is_dir():
+        pytest.skip("real data not available: set SSL_NORMS_DATA to a folder with cifar10-jpg/")
+    return Path(root)
+
+
+def write_image_folder(root: Path, splits: dict[str, int], num_classes: int = 3, size: int = 32, seed: int = 0) -> Path:
+    """``root/<split>/<class_k>/NNNN.png`` with ``splits[split]`` random images per class."""
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(seed)
+    for split, per_class in splits.items():
+        for c in range(num_classes):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                # classes differ in mean colour so a k-NN has something to find
+                image = (torch.rand(3, size, size, generator=g) * 128 + 40 * c).clamp(0, 255).to(torch.uint8)
+                write_png(image, str(folder / f"{i:04d}.png"))
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return write_image_folder(tmp_path / "folder_data", {"train": 24, "test": 8})
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def metric_values(path: Path, key: str) -> list[float]:
+    return [float(row[key]) for row in read_metrics_csv(path) if row.get(key)]
+
+
+TINY_DEMO = [
+    "--config", str(REPO / "configs" / "demo.yaml"),
+    "--data.init_args.train_samples", "512",
+    "--data.init_args.val_samples", "256",
+    "--data.init_args.batch_size", "64",
+    "--trainer.max_epochs", "2",
+    "--trainer.log_every_n_steps", "2",
+]
+
+TINY_RESNET = [
+    "--model.init_args.backbone_width", "4",
+    "--model.init_args.projector_dims", "[32,16]",
+    "--data.init_args.num_workers", "0",
+    "--data.init_args.eval_batch_size", "64",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.check_val_every_n_epoch", "1",
+    "--trainer.accelerator", "cpu",
+]

@@ -1,0 +1,103 @@
+"""Callbacks read only the method contract: statistics, k-NN and the non-finite guard."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_norms.callbacks import EmbeddingNormMonitor, NonFiniteGuard, NonFiniteLossError, OnlineKNN
+from ssl_norms.data import SyntheticLatentClasses
+from ssl_norms.eval import knn_predict
+from ssl_norms.methods import SimCLR
+
+
+def test_norm_statistics_match_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(50, 8, generator=g) * 3, torch.randn(50, 8, generator=g)
+    z2[:10] = -z1[:10]  # ten pairs at angle pi
+    z2[10:20] = z1[10:20] * 2  # ten pairs at angle 0
+    feats = [torch.randn(50, 4, generator=g), torch.randn(50, 4, generator=g)]
+    stats = EmbeddingNormMonitor(quantiles=(0.5,)).statistics([z1, z2], feats)
+    norms = torch.cat([z1.norm(dim=1), z2.norm(dim=1)])
+    assert stats["norm/mean"] == pytest.approx(norms.mean().item())
+    assert stats["norm/std"] == pytest.approx(norms.std().item())
+    assert stats["norm/max"] == pytest.approx(norms.max().item())
+    assert stats["norm/q50"] == pytest.approx(norms.median().item(), rel=0.05)
+    assert stats["features/norm_mean"] == pytest.approx(torch.cat(feats).norm(dim=1).mean().item())
+    cos = F.cosine_similarity(z1, z2)
+    assert stats["pairs/opposite_rate"] == pytest.approx((cos < 0).float().mean().item())
+    assert (cos[:10] < 0).all() and (cos[10:20] > 0).all()
+
+
+def _tiny_trainer(callbacks, **kwargs):
+    return L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks, **kwargs,
+    )
+
+
+def _tiny_model(**kwargs):
+    return SimCLR(backbone="mlp", input_dim=64, mlp_hidden_dims=[64], projector_dims=[32], warmup_epochs=0, **kwargs)
+
+
+def test_online_knn_equals_offline_knn_on_bank_and_val():
+    data = SyntheticLatentClasses(num_classes=4, train_samples=512, val_samples=128, batch_size=64)
+    model = _tiny_model()
+    knn = OnlineKNN(k=10, temperature=0.1)
+    trainer = _tiny_trainer([knn], max_epochs=1)
+    trainer.fit(model, data)
+    online = trainer.callback_metrics["knn/top1"].item()
+    model.eval()
+    with torch.no_grad():
+        bank = model.backbone(data.bank_set.inputs)
+        val = model.backbone(data.val_set.inputs)
+    offline = (knn_predict(bank, data.bank_set.labels, val, 4, k=10) == data.val_set.labels).float().mean().item()
+    assert online == pytest.approx(offline, abs=1e-6)
+    assert online > 0.5  # 4 classes
+
+
+def test_bank_is_never_augmented():
+    data = SyntheticLatentClasses(num_classes=3, train_samples=96, val_samples=30, batch_size=32)
+    data.setup()
+    first = next(iter(data.bank_dataloader()))
+    again = next(iter(data.bank_dataloader()))
+    assert torch.equal(first["image"], again["image"])
+    assert torch.equal(first["image"], data.train_set.ambient[: len(first["image"])])
+
+
+def test_monitor_logs_every_logging_step_only():
+    data = SyntheticLatentClasses(num_classes=4, train_samples=256, val_samples=64, batch_size=32)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append("norm/mean" in trainer.callback_metrics)
+
+    trainer = _tiny_trainer([EmbeddingNormMonitor(), Spy()], max_steps=8, log_every_n_steps=4, limit_val_batches=0)
+    trainer.fit(_tiny_model(), data)
+    assert "lr/effective" in trainer.callback_metrics and "pairs/opposite_rate" in trainer.callback_metrics
+
+
+class ExplodingSimCLR(SimCLR):
+    def ssl_step(self, views):
+        step = super().ssl_step(views)
+        if self.global_step >= 3:
+            return step._replace(loss=step.loss * float("nan"))
+        return step
+
+
+def test_non_finite_guard_names_step_and_checkpoint(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = SyntheticLatentClasses(num_classes=4, train_samples=128, val_samples=32, batch_size=32)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=2)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, max_epochs=5,
+                        limit_val_batches=0, callbacks=[checkpoint, NonFiniteGuard()])
+    model = ExplodingSimCLR(backbone="mlp", input_dim=64, mlp_hidden_dims=[16], projector_dims=[8])
+    with pytest.raises(NonFiniteLossError, match=r"global step 3 .*last good checkpoint: .*last\.ckpt"):
+        trainer.fit(model, data)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())

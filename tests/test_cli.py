@@ -1,0 +1,115 @@
+"""End-to-end: the ssl-norms command on the embedded data and on image folders."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_DEMO, TINY_RESNET, metric_values, read_metrics_csv
+from ssl_norms.cli import main
+
+NORM_KEYS = ["norm/mean", "norm/std", "norm/min", "norm/max", "norm/q50", "features/norm_mean", "lr/effective", "pairs/opposite_rate"]
+
+
+def test_fit_demo_logs_norms_and_knn_then_validate_and_resume(tmp_path):
+    run_dir = tmp_path / "demo_run"
+    main(["fit", *TINY_DEMO, "--run_dir", str(run_dir)])
+    metrics = run_dir / "metrics.csv"
+    header = read_metrics_csv(metrics)[0].keys()
+    for key in [*NORM_KEYS, "knn/top1", "train/loss"]:
+        assert key in header, key
+    knn = metric_values(metrics, "knn/top1")
+    assert len(knn) == 2 and all(0.0 <= v <= 1.0 for v in knn)
+    assert knn[-1] > 0.3  # 10 classes: far above chance after two epochs
+    norms = metric_values(metrics, "norm/mean")
+    lr_eff = metric_values(metrics, "lr/effective")
+    assert all(n > 0 for n in norms) and all(e >= 0 for e in lr_eff)
+    assert (run_dir / "training_curves.png").stat().st_size > 1000
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.exists()
+
+    # validate from the checkpoint: same k-NN as the last validation of fit (deterministic eval)
+    main(["validate", *TINY_DEMO, "--ckpt_path", str(last)])
+    validate_dirs = sorted(run_dir.glob("validate-*"))
+    assert validate_dirs, "validate writes next to the run, not over it"
+    assert metric_values(validate_dirs[0] / "metrics.csv", "knn/top1")[-1] == pytest.approx(knn[-1], abs=1e-6)
+
+    # resume for one more epoch: the step counter continues from the checkpoint
+    steps_before = torch.load(last, weights_only=False)["global_step"]
+    main(["fit", *TINY_DEMO, "--trainer.max_epochs", "3", "--run_dir", str(run_dir), "--ckpt_path", "last"])
+    assert torch.load(last, weights_only=False)["global_step"] == steps_before * 3 // 2
+
+
+def test_resume_last_without_run_dir_finds_newest_run(tmp_path):
+    main(["fit", *TINY_DEMO, "--trainer.max_epochs", "1"])
+    runs = list((tmp_path / "runs" / "simclr-syntheticlatentclasses").iterdir())
+    assert len(runs) == 1
+    main(["fit", *TINY_DEMO, "--ckpt_path", "last"])
+    assert len(list((tmp_path / "runs" / "simclr-syntheticlatentclasses").iterdir())) == 1
+    ckpt = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 1
+
+
+def test_fit_on_image_folder_fixture(image_folder, tmp_path):
+    run_dir = tmp_path / "folder_run"
+    main([
+        "fit", "--config", str(REPO / "configs" / "simclr" / "cifar10.yaml"), *TINY_RESNET,
+        "--data.init_args.root", str(image_folder), "--data.init_args.batch_size", "16",
+        "--trainer.max_epochs", "1", "--run_dir", str(run_dir),
+    ])
+    header = read_metrics_csv(run_dir / "metrics.csv")[0].keys()
+    assert {"norm/mean", "knn/top1", "pairs/opposite_rate"} <= set(header)
+
+
+def test_bf16_mixed_precision_fit(tmp_path):
+    run_dir = tmp_path / "bf16"
+    main(["fit", *TINY_DEMO, "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--run_dir", str(run_dir)])
+    assert all(torch.isfinite(torch.tensor(metric_values(run_dir / "metrics.csv", "train/loss"))))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model", "NoSuchMethod"], "NoSuchMethod"),
+        (["--model.init_args.lr", "-1"], "lr must be"),
+        (["--model.init_args.temperature", "0"], "temperature must be > 0"),
+        (["--data.init_args.batch_size", "100000"], "lower --data.init_args.batch_size"),
+    ],
+)
+def test_bad_input_gives_one_line_error(args, expected, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ssl_norms.cli", "fit", *TINY_DEMO, *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_names_root_env_and_download(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ssl_norms.cli", "fit", "--config", str(REPO / "configs" / "simclr" / "cifar10.yaml"),
+         "--data.init_args.root", str(tmp_path / "nowhere")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode != 0
+    err = result.stderr.strip().splitlines()[-1]
+    assert str(tmp_path / "nowhere") in err and "SSL_NORMS_DATA" in err and "download" in err
+    assert "Traceback" not in result.stderr
+
+
+def test_wandb_logger_runs_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    run_dir = tmp_path / "wandb_run"
+    main(["fit", *TINY_DEMO, "--trainer.max_epochs", "1", "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
+          "--trainer.logger.project", "ssl-norms-test", "--run_dir", str(run_dir)])
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline_runs, "an offline run directory is written"
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    assert run_id in offline_runs[0].name
