@@ -274,6 +274,26 @@ def test_iso_loss_euclidean_gradient_and_value() -> None:
     torch.testing.assert_close(loss, (p - zt).pow(2).sum(dim=1).mean(), rtol=1e-5, atol=1e-6)
 
 
+def test_iso_losses_hand_computed() -> None:
+    # W_p = diag(1, 1/4), W_p^(1/2) = diag(1, 1/2); z = [2, 4] gives p = [2, 1], r = [2, 2].
+    w_p, w_p_sqrt = torch.diag(torch.tensor([1.0, 0.25])), torch.diag(torch.tensor([1.0, 0.5]))
+    z, zt = torch.tensor([[2.0, 4.0]]), torch.tensor([[1.0, 0.0]])
+    # <z,zt> = 2, |p| = sqrt(5), |zt| = 1, <p,zt> = 2, |r|^2 = 8:
+    # -2 [2 / sqrt5 - 0.5 * 2 / (5 sqrt5) * 8] = -4 / (5 sqrt5)
+    assert iso_loss_cosine(z, zt, w_p, w_p_sqrt).item() == pytest.approx(-4 / (5 * math.sqrt(5)), rel=1e-6)
+    # ||p - zt||^2 = 1 + 1
+    assert iso_loss_euclidean(z, zt, w_p).item() == pytest.approx(2.0, rel=1e-6)
+
+
+def test_iso_loss_cosine_gradient_orthogonal_to_predictor_output() -> None:
+    """The gradient w.r.t. z is a cosine gradient w.r.t. p: orthogonal to p (not to z)."""
+    z, zt, w_p, w_p_sqrt = _iso_setup()
+    leaf = z.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(iso_loss_cosine(leaf, zt, w_p, w_p_sqrt), leaf)
+    assert F.cosine_similarity(grad, z @ w_p, dim=1).abs().max() < 1e-5
+    assert F.cosine_similarity(grad, z, dim=1).abs().max() > 1e-3
+
+
 def test_iso_losses_reject_bad_shapes() -> None:
     z, zt, w_p, w_p_sqrt = _iso_setup(dim=5)
     with pytest.raises(ValueError, match="w_p"):
@@ -340,6 +360,13 @@ def test_frossl_gram_and_covariance_frobenius_norms_agree() -> None:
     z = F.normalize(_randn(7, 3, seed=30), dim=0)
     torch.testing.assert_close(torch.linalg.matrix_norm(z.T @ z), torch.linalg.matrix_norm(z @ z.T))
     torch.testing.assert_close(torch.trace(z.T @ z), torch.trace(z @ z.T))
+
+
+def test_frossl_invariant_to_per_dimension_scale() -> None:
+    """Each dimension is normalised over the batch, so rescaling dimensions (or views) changes nothing."""
+    views = [_randn(9, 4, seed=40), _randn(9, 4, seed=41)]
+    scale = torch.tensor([0.1, 3.0, 7.0, 1.0])
+    torch.testing.assert_close(frossl_loss([views[0] * scale, views[1] * scale * 2.0]), frossl_loss(views))
 
 
 def test_frossl_rejects_bad_inputs() -> None:

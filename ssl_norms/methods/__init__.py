@@ -1,4 +1,8 @@
 from ssl_norms.methods.base import SSLMethod, SSLStep
+from ssl_norms.methods.byol import BYOL
+from ssl_norms.methods.frossl import FroSSL
+from ssl_norms.methods.isoloss import IsoLoss
 from ssl_norms.methods.simclr import SimCLR
+from ssl_norms.methods.simsiam import SimSiam
 
-__all__ = ["SSLMethod", "SSLStep", "SimCLR"]
+__all__ = ["BYOL", "FroSSL", "IsoLoss", "SSLMethod", "SSLStep", "SimCLR", "SimSiam"]

@@ -48,6 +48,20 @@ def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, floor: 
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def apply_to_views(network: Callable[[Tensor], Tensor], views: list[Tensor]) -> list[Tensor]:
+    """``network`` applied to each view; same-shape views go through in one batched call."""
+    if all(v.shape == views[0].shape for v in views):
+        return list(network(torch.cat(views)).chunk(len(views)))
+    return [network(v) for v in views]
+
+
+def two_views(method: str, views: list[Tensor]) -> list[Tensor]:
+    """``views`` when there are exactly two (pairwise methods), else a one-line error naming the fix."""
+    if len(views) != 2:
+        raise ValueError(f"{method} uses exactly 2 views, got {len(views)}: set --data.init_args.num_views 2")
+    return views
+
+
 def _is_bias_or_norm(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1  # biases and BatchNorm/LayerNorm affine parameters are 1-d
 
@@ -116,9 +130,7 @@ class SSLMethod(L.LightningModule):
 
     def encode_views(self, views: list[Tensor]) -> list[Tensor]:
         """Backbone features of each view; same-shape views go through in one batched call."""
-        if all(v.shape == views[0].shape for v in views):
-            return list(self.backbone(torch.cat(views)).chunk(len(views)))
-        return [self.backbone(v) for v in views]
+        return apply_to_views(self.backbone, views)
 
     def embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(backbone features, loss-space embeddings) of un-augmented inputs."""
