@@ -1,9 +1,11 @@
-"""Decode a class-per-folder image tree (``<split>/<class>/<file>``) once into a uint8 tensor."""
+"""Image files: list a class-per-folder tree (``<split>/<class>/<file>``), decode one file with a
+clear error, or decode many once into a uint8 tensor cached on disk."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,50 +29,106 @@ def list_image_folder(split_dir: Path) -> tuple[list[Path], list[int], list[str]
     return files, labels, classes
 
 
-def _cache_path(split_dir: Path, files: list[Path]) -> Path:
-    cache_root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ssl-norms")
-    newest = max(f.stat().st_mtime_ns for f in files)
-    key = hashlib.sha1(f"{split_dir.resolve()}|{len(files)}|{newest}".encode()).hexdigest()[:16]
-    return cache_root / f"{split_dir.name}-{key}.pt"
+class UnreadableImageError(ValueError):
+    """An image file that cannot be decoded. A DataLoader worker's exception reaches the training
+    process as ``type(message_with_the_worker_traceback)``; this class keeps only the original
+    one-line message then, so the CLI still prints one line naming the file."""
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
 
 
-def decode_files(files: list[Path], size: int | None = None) -> Tensor:
-    """Decode images to one uint8 (N, 3, H, W) tensor (resized to ``size`` when the sizes differ)."""
-    from torchvision.transforms.v2.functional import resize
+def read_image(path: Path, skip: bool = False) -> Tensor | None:
+    """uint8 (3, H, W) RGB image of ``path``. An unreadable file raises a ValueError naming it, or
+    returns None with ``skip``."""
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError, OSError) as err:
+        if skip:
+            return None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnreadableImageError(f"cannot decode image file {path}: {reason} (pass --data.init_args.on_corrupt skip to skip such files)") from None
 
-    images = []
-    for path in files:
-        try:
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as err:
-            raise ValueError(f"cannot decode image file {path}: {err}") from None
-        if size is not None and image.shape[-2:] != (size, size):
-            image = resize(image, [size, size], antialias=True)
-        images.append(image)
+
+def resize_image(image: Tensor, resize: int | None, size: int | None, interpolation: str = "bilinear") -> Tensor:
+    """Shorter side to ``resize`` (aspect kept), then the central ``size`` square; None skips a step."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2.functional import center_crop, resize as resize_fn
+
+    if resize is not None and min(image.shape[-2:]) != resize:
+        image = resize_fn(image, resize, interpolation=InterpolationMode(interpolation), antialias=True)
+    if size is not None and tuple(image.shape[-2:]) != (size, size):
+        image = center_crop(image, [size, size])
+    return image
+
+
+def decode_files(
+    files: list[Path], size: int | None = None, interpolation: str = "bilinear", on_corrupt: str = "error"
+) -> tuple[Tensor, Tensor]:
+    """Decode images into one uint8 (N, 3, H, W) tensor, plus the positions in ``files`` that were
+    kept. ``size``: shorter side to ``size`` then the central square (needed when sizes differ).
+    ``on_corrupt="skip"`` leaves unreadable files out and warns with their count."""
+    if on_corrupt not in ("error", "skip"):
+        raise ValueError(f"on_corrupt must be 'error' or 'skip', got {on_corrupt!r}")
+    images, kept, skipped = [], [], []
+    for position, path in enumerate(files):
+        image = read_image(path, skip=on_corrupt == "skip")
+        if image is None:
+            skipped.append(path)
+            continue
+        images.append(resize_image(image, size, size, interpolation))
+        kept.append(position)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image files (first: {skipped[0]})")
+    if not images:
+        raise ValueError(f"none of the {len(files)} image files could be decoded (first: {files[0]})")
     if len({tuple(im.shape) for im in images}) > 1:
         raise ValueError("images differ in size; pass an image size to decode them into one tensor")
-    return torch.stack(images)
+    return torch.stack(images), torch.tensor(kept, dtype=torch.long)
 
 
-def load_image_folder(split_dir: Path, size: int | None = None, cache: bool = True) -> tuple[Tensor, Tensor, list[str]]:
-    """(uint8 images, labels, class names) of ``split_dir``, decoded once and cached on disk
-    (``$SSL_NORMS_CACHE``, default ``~/.cache/ssl-norms``) so later runs start in a second."""
-    files, labels, classes = list_image_folder(split_dir)
+def _cache_path(name: str, files: list[Path], options: str) -> Path:
+    cache_root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ssl-norms")
+    newest = max(f.stat().st_mtime_ns for f in files)
+    listing = hashlib.sha1("\n".join(str(f.absolute()) for f in files).encode()).hexdigest()
+    key = hashlib.sha1(f"{listing}|{len(files)}|{newest}|{options}".encode()).hexdigest()[:16]
+    return cache_root / f"{name}-{key}.pt"
+
+
+def load_images(
+    files: list[Path], labels: list[int] | Tensor, name: str, size: int | None = None, interpolation: str = "bilinear",
+    on_corrupt: str = "error", cache: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(uint8 images, labels) of ``files``, decoded once and cached on disk (``$SSL_NORMS_CACHE``,
+    default ``~/.cache/ssl-norms``) so later runs start in a second. Skipped files drop their label."""
     if not files:
-        raise FileNotFoundError(f"no images found under {split_dir}/<class>/")
-    path = _cache_path(split_dir, files) if cache else None
+        raise FileNotFoundError("no image files to load")
+    label_t = torch.as_tensor(labels, dtype=torch.long)
+    path = _cache_path(name, files, f"{size}|{interpolation}|{on_corrupt}") if cache else None
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
-        if saved["images"].shape[0] == len(files) and (size is None or saved["images"].shape[-1] == size):
-            return saved["images"], saved["labels"], classes
-    images = decode_files(files, size)
-    label_t = torch.tensor(labels, dtype=torch.long)
+        return saved["images"], saved["labels"]
+    images, kept = decode_files(files, size, interpolation, on_corrupt)
+    label_t = label_t[kept]
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             torch.save({"images": images, "labels": label_t}, tmp)
             tmp.replace(path)  # atomic: concurrent ranks never read a half-written cache
         except OSError:
             pass  # a read-only cache location only costs decoding time
+    return images, label_t
+
+
+def load_image_folder(
+    split_dir: Path, size: int | None = None, cache: bool = True, interpolation: str = "bilinear", on_corrupt: str = "error"
+) -> tuple[Tensor, Tensor, list[str]]:
+    """(uint8 images, labels, class names) of ``split_dir/<class>/*`` (see :func:`load_images`)."""
+    files, labels, classes = list_image_folder(split_dir)
+    if not files:
+        raise FileNotFoundError(f"no images found under {split_dir}/<class>/")
+    images, label_t = load_images(files, labels, split_dir.name, size, interpolation, on_corrupt, cache)
     return images, label_t, classes

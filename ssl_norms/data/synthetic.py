@@ -152,6 +152,8 @@ class SyntheticLatentClasses(SSLDataModule):
         **kwargs: see SSLDataModule (batch_size, num_workers, ...).
     """
 
+    eval_set_name = "latent_val"
+
     def __init__(
         self,
         num_classes: int = 10,

@@ -1,4 +1,7 @@
-"""Augmentations (torchvision.transforms.v2 on uint8 tensors)."""
+"""Augmentations (torchvision.transforms.v2 on uint8 tensors).
+
+Training sets use the batched equivalent of ``simclr_augmentation`` in ``augment.py``; the
+per-sample version here is the reference it is tested against and the benchmark's baseline."""
 
 from __future__ import annotations
 
@@ -36,7 +39,10 @@ def simclr_augmentation(
     )
 
 
-def eval_transform(mean: Sequence[float], std: Sequence[float], size: int | None = None) -> v2.Compose:
-    """No augmentation: optional resize, then scale to [0, 1] and normalise."""
+def eval_transform(mean: Sequence[float], std: Sequence[float], size: int | None = None, rgb: bool = False) -> v2.Compose:
+    """No augmentation: optional resize (shorter side) and central crop, grey to 3 channels with
+    ``rgb``, then scale to [0, 1] and normalise."""
     steps = [v2.Resize(size, antialias=True), v2.CenterCrop(size)] if size is not None else []
+    if rgb:
+        steps.append(v2.RGB())
     return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])

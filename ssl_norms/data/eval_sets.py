@@ -1,0 +1,150 @@
+"""Named, un-augmented evaluation sets (the paper's Fig 3: embedding norms per set).
+
+``load_eval_set("mnist_test", root, size=32)`` returns a Dataset of evaluation items
+``{"image", "label", "index"}`` that works with a plain DataLoader. DataModules attach such sets as
+further validation dataloaders (``extra_eval_sets``) at their own evaluation size and normalisation.
+
+Names (``-`` and ``_`` are interchangeable; ``mnist`` means ``mnist_test`` and ``flowers102`` means
+``flowers102_test``):
+
+=====================  ============================================================  ===========
+name                   data under ``root`` (the DataModules' layouts)                native size
+=====================  ============================================================  ===========
+cifar10_train/_test    ``cifar-10-batches-py/`` or ``cifar10-jpg/{train,test}/<c>/``   32
+cifar100_train/_test   ``cifar-100-python/`` or ``cifar100/{train,test}/<c>/``         32
+mnist_train/_test      ``MNIST/raw/*-ubyte`` (torchvision's MNIST layout); grey       32 (from 28)
+                       digits repeated to 3 channels
+flowers102_train/      ``flowers-102/{jpg/,imagelabels.mat,setid.mat}`` (official      128
+  _val/_test           ``trnid`` / ``valid`` / ``tstid`` splits)
+imagenet100_train/val  ``imagenet100/{train,val}/<wnid>/`` (see ImageNet100DataModule)  128
+=====================  ============================================================  ===========
+
+Small sets are decoded into memory, resized once to ``size`` (shorter side, then the central
+square); Flowers102 and ImageNet-100 images are decoded per item. Normalisation defaults to the
+set's own dataset statistics; pass the ``mean``/``std`` of the DataModule a model was trained on
+(``datamodule.mean``, ``datamodule.std``) to show a set to the model as it saw its training data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ssl_norms.data.base import DATA_ENV, resolve_root
+from ssl_norms.data.datasets import ImageFiles, InMemoryImages
+from ssl_norms.data.image_folder import resize_image
+from ssl_norms.data.transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, eval_transform
+
+MNIST_MEAN, MNIST_STD = (0.1307,) * 3, (0.3081,) * 3
+ALIASES = {"mnist": "mnist_test", "flowers102": "flowers102_test"}
+
+
+def _cifar(module: str, train: bool) -> Callable[[Path], tuple[Tensor, Tensor]]:
+    def load(root: Path) -> tuple[Tensor, Tensor]:
+        from ssl_norms.data import cifar
+
+        return getattr(cifar, module)(root=str(root)).load_split(train)
+
+    return load
+
+
+def load_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
+    """uint8 (N, 1, 28, 28) digits and labels from torchvision's ``MNIST/raw`` IDX files."""
+    from torchvision.datasets import MNIST
+
+    raw = Path(root) / "MNIST" / "raw"
+    stem = "train" if train else "t10k"
+    if not any((raw / f"{stem}-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz")):
+        raise FileNotFoundError(
+            f"no MNIST under {root} (expected {raw}/{stem}-images-idx3-ubyte and {stem}-labels-idx1-ubyte, torchvision's layout); "
+            f"set the root with --data.init_args.root or ${DATA_ENV}, or download it once with torchvision.datasets.MNIST(root, download=True)"
+        )
+    dataset = MNIST(str(root), train=train, download=False)
+    return dataset.data.unsqueeze(1).contiguous(), dataset.targets.long()
+
+
+def _in_memory(loader, native: int, mean, std, rgb: bool = False):
+    def build(root: Path, size: int | None, resize: int | None, mean_: Sequence[float] | None, std_: Sequence[float] | None, on_corrupt: str) -> Dataset:
+        images, labels = loader(root)
+        size = size or native
+        if tuple(images.shape[-2:]) != (size, size) or (resize not in (None, size)):
+            images = resize_image(images, resize or size, size)  # once, not at every epoch
+        return InMemoryImages(images, labels, eval_transform(mean_ or mean, std_ or std, rgb=rgb))
+
+    return build
+
+
+def _files(loader, native: int, mean, std):
+    def build(root: Path, size: int | None, resize: int | None, mean_, std_, on_corrupt: str) -> Dataset:
+        files, labels = loader(root)
+        size = size or native
+        transform = eval_transform(mean_ or mean, std_ or std)
+        return ImageFiles(files, labels, transform, size=size, resize=resize or size, interpolation="bicubic", on_corrupt=on_corrupt)
+
+    return build
+
+
+def _flowers(split: str):
+    def load(root: Path):
+        from ssl_norms.data.flowers import flowers102_files
+
+        return flowers102_files(root, split)
+
+    return load
+
+
+def _imagenet(split: str):
+    def load(root: Path):
+        from ssl_norms.data.imagenet import imagenet100_files
+
+        return imagenet100_files(root, split)
+
+    return load
+
+
+EVAL_SETS: dict[str, Callable[..., Dataset]] = {
+    "cifar10_train": _in_memory(_cifar("CIFAR10DataModule", True), 32, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar10_test": _in_memory(_cifar("CIFAR10DataModule", False), 32, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100_train": _in_memory(_cifar("CIFAR100DataModule", True), 32, CIFAR100_MEAN, CIFAR100_STD),
+    "cifar100_test": _in_memory(_cifar("CIFAR100DataModule", False), 32, CIFAR100_MEAN, CIFAR100_STD),
+    "mnist_train": _in_memory(lambda root: load_mnist(root, True), 32, MNIST_MEAN, MNIST_STD, rgb=True),
+    "mnist_test": _in_memory(lambda root: load_mnist(root, False), 32, MNIST_MEAN, MNIST_STD, rgb=True),
+    "flowers102_train": _files(_flowers("train"), 128, IMAGENET_MEAN, IMAGENET_STD),
+    "flowers102_val": _files(_flowers("val"), 128, IMAGENET_MEAN, IMAGENET_STD),
+    "flowers102_test": _files(_flowers("test"), 128, IMAGENET_MEAN, IMAGENET_STD),
+    "imagenet100_train": _files(_imagenet("train"), 128, IMAGENET_MEAN, IMAGENET_STD),
+    "imagenet100_val": _files(_imagenet("val"), 128, IMAGENET_MEAN, IMAGENET_STD),
+}
+
+
+def canonical_eval_set_name(name: str) -> str:
+    """``CIFAR10-test`` -> ``cifar10_test``; aliases resolved; unknown names are a one-line error."""
+    key = str(name).strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in EVAL_SETS:
+        raise ValueError(f"unknown evaluation set {name!r}; choose from {', '.join(sorted(EVAL_SETS))} (or {', '.join(ALIASES)})")
+    return key
+
+
+def load_eval_set(
+    name: str, root: str | Path | None = None, size: int | None = None, mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None, resize: int | None = None, on_corrupt: str = "error",
+) -> Dataset:
+    """The evaluation set ``name`` (see the module docstring) as evaluation items.
+
+    Args:
+        name: e.g. ``cifar10_test``, ``cifar100_train``, ``mnist`` (= ``mnist_test``), ``flowers102_val``.
+        root: data root (default ``$SSL_NORMS_DATA``, then ``./data``).
+        size: image side (default the set's native size: 32 for CIFAR and MNIST, 128 otherwise).
+        mean / std: normalisation (default the set's own dataset statistics).
+        resize: shorter side before the central ``size`` crop (default ``size``).
+        on_corrupt: ``error`` or ``skip`` for unreadable image files.
+    Missing data raises FileNotFoundError naming the root searched and the layout expected.
+    """
+    if size is not None and size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    key = canonical_eval_set_name(name)
+    return EVAL_SETS[key](resolve_root(None if root is None else str(root)), size, resize, mean, std, on_corrupt)
