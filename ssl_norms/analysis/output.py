@@ -1,0 +1,140 @@
+"""What every analysis writes: a PNG, its numbers (CSV / JSON / NPZ), and optionally W&B images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+class AnalysisUnavailable(ValueError):
+    """An analysis that cannot run on this data (a missing label file, an unknown image order).
+    ``ssl-norms analyze all`` notes it and goes on; a single analysis reports it as its error."""
+
+
+@dataclass
+class AnalysisResult:
+    """Paths an analysis wrote and the headline numbers it printed."""
+
+    name: str
+    numbers: dict[str, Any]
+    paths: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def png(self) -> Path | None:
+        return next((p for p in self.paths if p.suffix == ".png"), None)
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, width: float = 5.5, height: float = 4.2) -> tuple[Figure, list]:
+    """A headless figure (no pyplot state) and its axes as a flat list."""
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, [ax for row in axes for ax in row]
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def plain(value: Any) -> Any:
+    """Tensors, numpy values and paths as JSON-ready Python; NaN and inf become None."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(data: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plain(data), indent=2) + "\n")
+    return path
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Rows of flat dicts; the columns are the union of keys in first-seen order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if plain(v) is None else plain(v)) for k, v in row.items()})
+    return path
+
+
+def write_samples(path: Path, **arrays: Any) -> Path:
+    """Per-sample values (index, label, norm, ...) as a compressed ``.npz`` for further study."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **{k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in arrays.items()})
+    return path
+
+
+def wandb_run_id(run_dir: Path) -> str | None:
+    """The W&B run id a training run kept in its directory (see ssl_norms.wandb_setup), if any."""
+    id_file = run_dir / "wandb_run_id"
+    return id_file.read_text().strip() if id_file.is_file() else None
+
+
+def wandb_project(config: dict[str, Any] | None) -> str:
+    loggers = ((config or {}).get("trainer") or {}).get("logger") or []
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger"):
+            project = (logger.get("init_args") or {}).get("project")
+            if project:
+                return project
+    from ssl_norms.wandb_setup import DEFAULT_PROJECT
+
+    return DEFAULT_PROJECT
+
+
+class WandbFigures:
+    """Logs analysis PNGs as ``wandb.Image`` into the training run's W&B run (same id, resumed).
+
+    Offline (never waiting on the network) without credentials or with WANDB_MODE=offline;
+    ``wandb sync <run_dir>/wandb`` uploads later."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any] | None = None) -> None:
+        import wandb
+
+        from ssl_norms.wandb_setup import wandb_has_credentials
+
+        offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun") or not wandb_has_credentials()
+        self.run = wandb.init(
+            project=wandb_project(config), id=wandb_run_id(run_dir), resume="allow", dir=str(run_dir),
+            mode="offline" if offline else "online", job_type="analysis",
+            settings=wandb.Settings(init_timeout=60, console="off", silent=True),
+        )
+
+    def log(self, result: AnalysisResult) -> None:
+        import wandb
+
+        images = {f"analysis/{result.name}/{p.stem}": wandb.Image(str(p)) for p in result.paths if p.suffix == ".png"}
+        scalars = {f"analysis/{result.name}/{k}": v for k, v in result.numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if images or scalars:
+            self.run.log({**images, **scalars})
+
+    def finish(self) -> None:
+        self.run.finish()

@@ -1,0 +1,238 @@
+"""Tests for ssl_norms.simulations: theory checks, Fig. 2a-c behaviour and the run_simulation entry point."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_norms.simulations import SIMULATIONS, run_simulation, simulation_params
+from ssl_norms.simulations.aparametric import (
+    cos_change,
+    cosine_grad,
+    exact_cos_change,
+    fig2a,
+    theory_checks,
+    thm34_bound,
+)
+from ssl_norms.simulations.parametric import fig2b, fig2c, knn_cosine_distance, spearman, supcon_loss
+
+# ------------------------------------------------------------------------------------------
+# Theory (Prop. 3.1, Thm. 3.4, Cor. 3.3)
+# ------------------------------------------------------------------------------------------
+
+
+def test_cosine_grad_matches_autograd_and_prop_3_1():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(500, 16, generator=g, dtype=torch.float64) * 3
+    t = torch.randn(500, 16, generator=g, dtype=torch.float64)
+    zr = z.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(F.cosine_similarity(zr, t, dim=-1).sum(), zr)
+    ours, cos = cosine_grad(z, t)
+    torch.testing.assert_close(ours, auto)
+    sin = torch.sqrt(1 - cos**2)
+    torch.testing.assert_close(ours.norm(dim=-1), sin / z.norm(dim=-1))  # magnitude sin(phi)/||z||
+    assert (ours * z).sum(-1).abs().max() < 1e-12  # orthogonal to z
+
+
+def test_exact_one_step_change_matches_simulation():
+    g = torch.Generator().manual_seed(2)
+    phi = torch.rand(2000, generator=g, dtype=torch.float64) * math.pi
+    u = F.normalize(torch.randn(2000, 8, generator=g, dtype=torch.float64), dim=-1)
+    v = torch.randn(2000, 8, generator=g, dtype=torch.float64)
+    v = F.normalize(v - (v * u).sum(-1, keepdim=True) * u, dim=-1)
+    w = torch.cos(phi)[:, None] * u + torch.sin(phi)[:, None] * v
+    for lr, rho in [(0.1, 1.0), (3.0, 0.7), (1.0, 3.0)]:
+        s = lr / rho**2
+        zi, zj = rho * u, rho * w
+        gi, _ = cosine_grad(zi, zj)
+        gj, _ = cosine_grad(zj, zi)
+        one = cos_change(zi, zj, zi + lr * gi, zj)
+        both = cos_change(zi, zj, zi + lr * gi, zj + lr * gj)
+        torch.testing.assert_close(one, exact_cos_change(phi, s, both_sides=False), atol=1e-12, rtol=1e-9)
+        torch.testing.assert_close(both, exact_cos_change(phi, s, both_sides=True), atol=1e-12, rtol=1e-9)
+        if s <= 2:  # Thm. 3.4 for one side needs lr / rho^2 <= 2 (sharp near phi = pi)
+            assert (one < thm34_bound(phi, lr, rho)).all()
+
+
+def test_theory_checks_zero_violations_where_the_bound_holds():
+    n = theory_checks(num_pairs=4000, lrs=(0.01, 0.5, 4.0), norms=(0.5, 1.0, 2.0), num_batches=2, batch_size=64).numbers
+    thm = n["thm_3_4"]
+    # one side, s = lr / rho^2 <= 2: the bound holds for every angle
+    assert thm["one_side_small_step"]["checked"] > 10_000
+    assert thm["one_side_small_step"]["violations"] == 0
+    assert thm["one_side_small_step"]["max_ratio"] < 1
+    # both sides, acute pairs: holds at any step size
+    assert thm["both_sides_acute"]["checked"] > 10_000
+    assert thm["both_sides_acute"]["violations"] == 0
+    assert thm["both_sides_acute"]["max_ratio"] < 1
+    # bounds valid for every step size (derived from the exact change)
+    assert thm["any_step_bounds"]["one_side_violations"] == 0
+    assert thm["any_step_bounds"]["both_sides_violations"] == 0
+    # documented failures of the literal bound: large one-sided steps and obtuse both-sided steps,
+    # the latter exactly where |cos phi| > s sin^2 phi
+    assert thm["one_side_large_step"]["violations"] > 0
+    assert thm["both_sides_obtuse"]["violations"] > 0
+    assert thm["both_sides_obtuse"]["mismatches_with_predicted_condition"] == 0
+    # Cor. 3.3: norms never shrink, for pure cosine steps and InfoNCE steps
+    cor = n["cor_3_3"]
+    assert cor["cosine_step_violations"] == 0
+    assert cor["infonce_step_violations"] == 0
+    assert cor["infonce_embeddings_checked"] == 3 * 2 * 2 * 64
+    assert cor["infonce_max_abs_cos_grad_z"] < 1e-10
+    assert n["closed_form_max_abs_err"] < 1e-10
+    for rho, d in n["prop_3_1"].items():
+        assert d["max_abs_diff_vs_autograd"] < 1e-12, rho
+
+
+# ------------------------------------------------------------------------------------------
+# Fig. 2a
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fig2a_small():
+    return fig2a(norms=[0.5, 1.0, 2.0, 4.0], interps=[-0.8, -0.4, 0.0, 0.4, 0.8], num_pairs=200, max_steps=20_000)
+
+
+def test_fig2a_steps_increase_with_norm_and_angle(fig2a_small):
+    n = fig2a_small.numbers
+    steps = np.array(n["steps"], dtype=float)  # [interp][norm]
+    assert n["num_cells_not_converged"] == 0 and not np.isnan(steps).any()
+    # more norm -> more steps at every angle (roughly quadratic: x4 norm ~ x16 steps)
+    assert (np.diff(steps, axis=1) > 0).all()
+    assert (steps[:, -1] / steps[:, 0] > 20).all()
+    # more opposite (smaller a, larger initial angle) -> more steps at every norm
+    assert (np.diff(steps, axis=0) < 0).all()
+    assert (np.diff(n["init_mean_angle_deg"]) < 0).all()
+    # small norms converge fast even for nearly opposite pairs
+    assert steps[:, 0].max() < 100
+    assert steps[:, 0].max() < steps[:, -1].min()
+
+
+def test_fig2a_matches_plain_autograd_gradient_descent():
+    """The vectorised closed-form loop equals torch autograd GD on -mean cos for one cell."""
+    from ssl_norms.simulations.aparametric import _random_unit
+
+    n_pairs, dim, lr, norm, a = 40, 20, 10.0, 2.0, -0.5
+    g = torch.Generator().manual_seed(3)
+    x1 = _random_unit(n_pairs, dim, g)
+    x2 = _random_unit(n_pairs, dim, g)
+    z = (norm * F.normalize(x2 * (1 - abs(a)) + x1 * a, dim=-1)).requires_grad_(True)
+    opt = torch.optim.SGD([z], lr=lr)
+    steps = None
+    for t in range(5000):
+        loss = -F.cosine_similarity(z, x1, dim=-1).mean()
+        if -loss.item() > 0.999:
+            steps = t
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ours = fig2a(norms=[norm], interps=[a], num_pairs=n_pairs, dim=dim, lr=lr, seed=3).numbers["steps"][0][0]
+    assert steps is not None and ours == steps
+
+
+def test_fig2a_reports_non_converged_cells():
+    n = fig2a(norms=[0.5, 8.0], interps=[-0.8, 0.8], num_pairs=50, max_steps=300).numbers
+    assert n["steps"][0][1] is None and n["steps"][0][0] is not None
+    bad = {(c["interp"], c["norm"]): c for c in n["cells_not_converged"]}
+    assert (-0.8, 8.0) in bad and bad[(-0.8, 8.0)]["pairs_below_threshold"] > 0
+    assert (-0.8, 0.5) not in bad
+
+
+# ------------------------------------------------------------------------------------------
+# Fig. 2b / 2c
+# ------------------------------------------------------------------------------------------
+
+
+def test_supcon_loss_and_knn_helpers():
+    z = torch.tensor([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 3.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    good = supcon_loss(z, y, 0.1)
+    bad = supcon_loss(z, torch.tensor([0, 1, 0, 1]), 0.1)
+    assert good < bad
+    # scale invariance: the loss only sees directions
+    torch.testing.assert_close(supcon_loss(z * torch.tensor([[5.0], [0.1], [2.0], [7.0]]), y, 0.1), good)
+    d = knn_cosine_distance(z, k=1)
+    assert d.shape == (4,) and (d >= 0).all() and d[0] < 0.01
+    assert spearman(np.array([1, 2, 3.0]), np.array([10, 20, 15.0])) == pytest.approx(0.5)
+
+
+def test_fig2b_norm_anticorrelates_with_knn_distance():
+    n = fig2b().numbers  # default, seeded (~1 s)
+    assert n["spearman_norm_vs_knn"] < -0.2
+    assert n["pearson_norm_vs_knn"] < 0
+    assert all(r < -0.2 for r in n["spearman_norm_vs_knn_within_class"])
+    assert n["spearman_norm_vs_latent_knn"] < 0  # model-free density agrees
+    assert n["final_loss"] < n["initial_loss"]
+
+
+def test_fig2b_within_class_sign_is_robust_to_optimizer():
+    n = fig2b(optimizer="sgd", lr=0.3, epochs=3, seed=1).numbers
+    assert all(r < 0 for r in n["spearman_norm_vs_knn_within_class"])
+
+
+def test_fig2c_most_frequent_class_has_largest_norm():
+    out = fig2c()  # default, seeded
+    n = out.numbers
+    assert n["most_frequent_class"] == 0
+    final = n["final_mean_norm_per_class"]
+    assert n["largest_norm_class"] == 0
+    assert final[0] > final[-1]
+    assert n["spearman_frequency_vs_final_norm"] > 0
+    assert final[0] > 10 * n["initial_mean_norm_per_class"][0]  # norms grow (Cor. 3.3)
+    assert len(out.tables[""]) == n["steps"] // 5 + 1 + (n["steps"] % 5 != 0)
+
+
+def test_fig2c_frequency_effect_across_seeds():
+    # not every seed puts class 0 first (about 70% do); what holds robustly is the ordering trend
+    finals = np.array([fig2c(seed=s).numbers["final_mean_norm_per_class"] for s in range(1, 5)])
+    assert (finals[:, 0] > finals[:, -1]).all()
+    assert (finals[:, 0] > finals[:, 1:].mean(1)).all()
+    assert np.mean([spearman(np.array([8, 4, 2, 1.0]), f) for f in finals]) > 0.5
+
+
+# ------------------------------------------------------------------------------------------
+# Entry point
+# ------------------------------------------------------------------------------------------
+
+
+def test_run_simulation_writes_outputs(tmp_path):
+    res = run_simulation("fig2a", tmp_path / "out", norms="0.5,1", interps=[-0.5, 0.5], num_pairs=20, max_steps="2000")
+    png, js, csv = (tmp_path / "out" / f"fig2a.{ext}" for ext in ("png", "json", "csv"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    on_disk = json.loads(js.read_text())
+    assert on_disk == res
+    assert res["simulation"] == "fig2a" and res["paths"]["png"] == str(png) and res["paths"]["csv"] == str(csv)
+    assert res["params"]["norms"] == [0.5, 1.0] and res["params"]["max_steps"] == 2000
+    lines = csv.read_text().strip().splitlines()
+    assert lines[0].startswith("interp,") and len(lines) == 1 + 4
+
+
+def test_run_simulation_theory_and_parametric_outputs(tmp_path):
+    res = run_simulation("theory_checks", tmp_path, num_pairs=200, lrs=[0.1, 1.0], norms=[1.0], num_batches=1)
+    assert (tmp_path / "theory_checks.png").exists() and (tmp_path / "theory_checks.csv").exists()
+    assert res["cor_3_3"]["infonce_step_violations"] == 0
+    res = run_simulation("fig2c", tmp_path, num_samples=800, epochs=1, track_every=2)
+    assert (tmp_path / "fig2c.png").exists() and len(res["final_mean_norm_per_class"]) == 4
+
+
+def test_run_simulation_rejects_unknown_names_and_overrides(tmp_path):
+    with pytest.raises(ValueError, match="fig2a, theory_checks, fig2b, fig2c"):
+        run_simulation("fig9", tmp_path)
+    with pytest.raises(ValueError, match="unknown override"):
+        run_simulation("fig2a", tmp_path, nonsense=1)
+    with pytest.raises(ValueError, match="expected an integer"):
+        run_simulation("fig2a", tmp_path, max_steps=1.5)
+    assert not any(tmp_path.iterdir())
+
+
+def test_registry_and_params():
+    assert set(SIMULATIONS) == {"fig2a", "theory_checks", "fig2b", "fig2c"}
+    p = simulation_params("fig2a")
+    assert p["lr"] == 10.0 and p["num_pairs"] == 500 and p["dim"] == 20 and p["threshold"] == 0.999
