@@ -2,9 +2,19 @@
 
 Every run writes into one run directory: ``metrics.csv``, ``config.yaml``, ``checkpoints/``
 (``last.ckpt`` always kept), the summary PNG and, with W&B, ``wandb/``. The directory is
-``--run_dir`` when given, else ``$SSL_NORMS_RUNS/<method>-<data>/<timestamp or SLURM job id>``
+``--run_dir`` when given, else ``$SSL_NORMS_RUNS/<method>-<data>/<timestamp or slurm-<job id>[-<array task id>]>``
 (``$SSL_NORMS_RUNS`` defaults to ``runs``). ``--ckpt_path last`` without ``--run_dir`` resumes the
 newest run of the same method and data.
+
+Resuming: ``fit --ckpt_path last`` continues from the run dir's newest checkpoint
+(``checkpoints/last.ckpt``, or Lightning's SLURM preemption checkpoint ``hpc_ckpt_<n>.ckpt`` when it
+is newer) and starts fresh when there is none yet. A SLURM requeue (``SLURM_RESTART_COUNT`` > 0)
+does the same without any flag: the requeued job has the same job id, hence the same run dir.
+
+Every fit also gets, unless configured: ModelCheckpoint(save_last) into ``checkpoints/``, the
+NonFiniteGuard, GlobalBatchLog (global batch and lr stated at fit start, lr never rescaled),
+ReproducibleResume (per-epoch seeds and the data position, so a resumed run draws the data of an
+uninterrupted one) and a CSVLogger (``metrics.csv``, kept across resumes) next to any other logger.
 """
 
 from __future__ import annotations
@@ -14,18 +24,21 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 import ssl_norms.callbacks  # noqa: F401  (makes callback class names resolvable in YAML)
 from ssl_norms.callbacks import NonFiniteGuard, NonFiniteLossError
+from ssl_norms.callbacks.global_batch import GlobalBatchLog
+from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
 from ssl_norms.data import SSLDataModule
 from ssl_norms.methods import SSLMethod
 
 RUNS_ENV = "SSL_NORMS_RUNS"
 RUN_DIR_ENV = "SSL_NORMS_RUN_DIR"  # set by the launching process so DDP children share the run dir
-CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+CSV_LOGGER = "ssl_norms.loggers.CSVLogger"
 
 
 class UsageError(ValueError):
@@ -53,6 +66,75 @@ def newest_resumable_run(experiment_dir: Path) -> Path | None:
     return candidates[-1].parent.parent if candidates else None
 
 
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint a run can continue from: ``checkpoints/last.ckpt`` or the checkpoint
+    Lightning's SLURM auto-requeue writes on SIGUSR1 (``hpc_ckpt_<n>.ckpt`` in the run dir)."""
+    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    existing = [path for path in candidates if path.is_file()]
+    return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
+
+
+def slurm_restart_count() -> int:
+    """How often SLURM has requeued this job (0 outside SLURM or on the first start)."""
+    value = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def _is_first_process() -> bool:
+    """The process that prints run-level messages (DDP children and other SLURM tasks stay quiet)."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _note(message: str) -> None:
+    if _is_first_process():
+        print(f"ssl-norms: {message}", file=sys.stderr, flush=True)
+
+
+def resolve_resume(cfg: Namespace, run_dir: Path) -> None:
+    """Set ``cfg.ckpt_path`` for ``fit``: ``last`` or a SLURM requeue -> the run's newest checkpoint."""
+    ckpt_path = cfg.get("ckpt_path")
+    restarts = slurm_restart_count()
+    if ckpt_path != "last" and not (ckpt_path is None and restarts > 0):
+        return
+    found = resume_checkpoint(run_dir)
+    why = f"SLURM restart {restarts}" if ckpt_path is None else "--ckpt_path last"
+    if found is None:
+        _note(f"{why}: no checkpoint in {run_dir} yet, starting fresh")
+        cfg.ckpt_path = None
+    else:
+        _note(f"{why}: resuming {run_dir} from {found.name}")
+        cfg.ckpt_path = str(found)
+
+
+def _process_count(devices, num_nodes) -> int | None:
+    """Processes a Trainer config asks for, when it says so explicitly (None for 'auto' and the like)."""
+    if isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif isinstance(devices, int):
+        count = devices
+    elif isinstance(devices, str) and devices.strip().isdigit():
+        count = int(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    else:
+        return None
+    return count * (num_nodes or 1)
+
+
+def check_sync_batchnorm(trainer_cfg: Namespace) -> None:
+    """SyncBatchNorm exists for GPUs only (torch has no CPU kernel): say so before any process starts."""
+    if not trainer_cfg.get("sync_batchnorm"):
+        return
+    accelerator = trainer_cfg.get("accelerator")
+    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+    processes = _process_count(trainer_cfg.get("devices"), trainer_cfg.get("num_nodes"))
+    if on_cpu and processes is not None and processes > 1:
+        raise UsageError(
+            "--trainer.sync_batchnorm true needs GPUs (torch's SyncBatchNorm has no CPU kernel); for a multi-process "
+            "CPU run pass --trainer.sync_batchnorm false (BatchNorm statistics are then per process)"
+        )
+
+
 def resolve_run_dir(cfg: Namespace, subcommand: str) -> Path:
     """Where this run writes (see module docstring)."""
     if os.environ.get(RUN_DIR_ENV):
@@ -76,15 +158,17 @@ def resolve_run_dir(cfg: Namespace, subcommand: str) -> Path:
     return experiment_dir / f"{subcommand}-{_run_id()}"
 
 
-def _configure_logger(logger: Namespace, run_dir: Path) -> Namespace:
+def _configure_logger(logger: Namespace, run_dir: Path, cfg: Namespace) -> Namespace:
     args = logger.get("init_args") or Namespace()
     class_name = logger.class_path.rsplit(".", 1)[-1]
+    if class_name == "CSVLogger":
+        logger.class_path = CSV_LOGGER  # keeps metrics.csv across resumes (Lightning's would delete it)
     if class_name in ("CSVLogger", "TensorBoardLogger"):
         args.save_dir, args.name, args.version = str(run_dir), "", ""
     elif class_name == "WandbLogger":
         from ssl_norms.wandb_setup import configure_wandb_args
 
-        configure_wandb_args(args, run_dir)
+        configure_wandb_args(args, run_dir, cfg)
     logger.init_args = args
     return logger
 
@@ -103,12 +187,17 @@ class SSLNormsCLI(LightningCLI):
         os.environ[RUN_DIR_ENV] = str(run_dir)
         cfg.run_dir = str(run_dir)
         cfg.trainer.default_root_dir = str(run_dir)
+        if self.subcommand == "fit":
+            resolve_resume(cfg, run_dir)
+        check_sync_batchnorm(cfg.trainer)
         logger = cfg.trainer.logger
         if logger is None or logger is True:
-            logger = Namespace(class_path=CSV_LOGGER, init_args=Namespace())
+            logger = []
         if logger is not False:
-            loggers = logger if isinstance(logger, list) else [logger]
-            cfg.trainer.logger = [_configure_logger(entry, run_dir) for entry in loggers]
+            loggers = list(logger) if isinstance(logger, list) else [logger]
+            if not any(entry.class_path.rsplit(".", 1)[-1] == "CSVLogger" for entry in loggers):
+                loggers.insert(0, Namespace(class_path=CSV_LOGGER, init_args=Namespace()))  # metrics.csv, always
+            cfg.trainer.logger = [_configure_logger(entry, run_dir, cfg) for entry in loggers]
         self.run_dir = run_dir
 
     def instantiate_trainer(self, **kwargs):
@@ -121,9 +210,18 @@ class SSLNormsCLI(LightningCLI):
                 callback.dirpath = str(self.run_dir / "checkpoints")
         if not checkpoints:
             callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / "checkpoints"), save_last=True))
-        if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
-            callbacks.append(NonFiniteGuard())
+        for default in (NonFiniteGuard, GlobalBatchLog, ReproducibleResume):
+            if not any(isinstance(c, default) for c in callbacks):
+                callbacks.append(default())
         return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+
+
+def _finish_wandb_run() -> None:
+    """Close this run's W&B run (Lightning leaves it open): its files are complete when fit returns,
+    and the next run in the same process (``ssl-norms sweep --all``) starts its own W&B run."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
@@ -140,13 +238,18 @@ def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
             args=args,
         )
     finally:  # the run dir is shared with this run's DDP children only, not with later runs in-process
+        _finish_wandb_run()
         if inherited is None:
             os.environ.pop(RUN_DIR_ENV, None)
         else:
             os.environ[RUN_DIR_ENV] = inherited
 
 
-PROJECT_COMMANDS: dict[str, str] = {}  # name -> "module:function"; extra commands register here
+PROJECT_COMMANDS: dict[str, str] = {  # name -> "module:function"; extra commands register here
+    "sweep": "ssl_norms.sweep:main",
+    "slurm": "ssl_norms.slurm:main",
+    "analyze": "ssl_norms.analysis.command:analyze_command",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

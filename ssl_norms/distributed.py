@@ -40,3 +40,17 @@ def all_gather_with_grad(t: Tensor) -> tuple[Tensor, int]:
         warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*", category=FutureWarning)
         parts = all_gather(t)
     return torch.cat(parts, dim=0), dist.get_rank() * t.shape[0]
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy every buffer of ``module`` (BatchNorm running statistics, ...) from rank ``src`` to all ranks.
+
+    DDP does this before each *training* forward, but each rank then updates its running statistics
+    with its own batch, so after a training step the ranks' eval-mode models differ (unless
+    SyncBatchNorm is on). Evaluation that shards data over ranks calls this first, so every rank
+    evaluates the same model. No-op single-process.
+    """
+    if world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src)

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ssl_norms.callbacks.gather import all_gather_rows, unique_by_index
+from ssl_norms.distributed import broadcast_buffers
 from ssl_norms.eval import knn_predict
 
 
@@ -59,6 +60,10 @@ class OnlineKNN(Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val = []
+        if self._active(trainer):
+            # without SyncBatchNorm each rank's running statistics drift apart after every step:
+            # bank and validation shards must all be embedded by the same (rank 0's) model
+            broadcast_buffers(pl_module)
         self._bank = self.embed_bank(trainer, pl_module) if self._active(trainer) else None
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
