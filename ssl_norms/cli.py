@@ -20,7 +20,9 @@ uninterrupted one) and a CSVLogger (``metrics.csv``, kept across resumes) next t
 from __future__ import annotations
 
 import os
+import re
 import sys
+from argparse import ArgumentError
 import time
 from pathlib import Path
 
@@ -235,6 +237,8 @@ def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
             seed_everything_default=0,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
+            # raise instead of printing usage + a multi-line Union report; main() condenses it
+            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in LIGHTNING_COMMANDS}},
             args=args,
         )
     finally:  # the run dir is shared with this run's DDP children only, not with later runs in-process
@@ -245,10 +249,44 @@ def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
             os.environ[RUN_DIR_ENV] = inherited
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+# Lines of jsonargparse's report that explain its type machinery rather than the user's mistake.
+_PARSER_NOISE = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Given value", "Problem with given class_path")
+
+
+def one_line_error(message: str) -> str:
+    """The option at fault and the first real reason, from jsonargparse's nested multi-line report."""
+    lines = [line.strip().removeprefix("- ").strip() for line in str(message).splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(_PARSER_NOISE) and line != "Expected a <class 'NoneType'>"]
+    if len(lines) == 1 or not reasons:
+        return " ".join(line for line in lines if line)
+    keys = re.findall(r'Parser key "([^"]+)"', str(message))
+    option = ".init_args.".join(keys) if "Problem with given class_path" in str(message) else ".".join(keys)
+    prefix = f"--{option}: " if option else ""
+    return f"{prefix}{reasons[0]}{_known_choices(option)}"
+
+
+def _known_choices(option: str) -> str:
+    """For a bad --model / --data class, name the classes that exist: that is the fix."""
+    import ssl_norms.data
+    import ssl_norms.methods
+
+    base, package = {"model": (SSLMethod, ssl_norms.methods), "data": (SSLDataModule, ssl_norms.data)}.get(option, (None, None))
+    if base is None:
+        return ""
+    names = sorted(
+        name for name in dir(package)
+        if isinstance(getattr(package, name), type) and issubclass(getattr(package, name), base) and getattr(package, name) is not base
+    )
+    return f"; known: {', '.join(names)}"
+
+
 PROJECT_COMMANDS: dict[str, str] = {  # name -> "module:function"; extra commands register here
     "sweep": "ssl_norms.sweep:main",
     "slurm": "ssl_norms.slurm:main",
     "analyze": "ssl_norms.analysis.command:analyze_command",
+    "simulate": "ssl_norms.simulations.command:simulate_command",
 }
 
 
@@ -258,12 +296,16 @@ def main(argv: list[str] | None = None) -> None:
         if words and words[0] in PROJECT_COMMANDS:
             module, function = PROJECT_COMMANDS[words[0]].split(":")
             getattr(__import__(module, fromlist=[function]), function)(words[1:])
+        elif words and not words[0].startswith("-") and words[0] not in LIGHTNING_COMMANDS:
+            raise UsageError(f"unknown command {words[0]!r}; commands: {', '.join([*LIGHTNING_COMMANDS, *PROJECT_COMMANDS])}")
         else:
             run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
-    except (UsageError, NonFiniteLossError, FileNotFoundError, ValueError) as err:
+    except (UsageError, NonFiniteLossError, FileNotFoundError, ValueError, ArgumentError) as err:
         if os.environ.get("SSL_NORMS_DEBUG"):
             raise
-        print(f"ssl-norms: error: {err}", file=sys.stderr)
+        command = next((word for word in words if word in LIGHTNING_COMMANDS), "<command>")
+        hint = f" (see `ssl-norms {command} --help`)" if isinstance(err, ArgumentError) else ""
+        print(f"ssl-norms: error: {one_line_error(err)}{hint}", file=sys.stderr)
         sys.exit(2 if not isinstance(err, NonFiniteLossError) else 3)
 
 

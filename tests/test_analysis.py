@@ -313,6 +313,43 @@ def test_human_label_analyses_join_by_original_position(generated_run, tmp_path)
     assert (samples["agrees"] == (truth["aggre"] == truth["clean"])[samples["index"]]).all()
 
 
+def test_novelty_shows_every_set_with_the_runs_own_normalisation(generated_run, tmp_path):
+    """An evaluation set goes through the run's DataModule: its size and mean/std, not the set's own
+    statistics. With a DataModule normalising unlike CIFAR-10's defaults, the cifar10_test norms of
+    novelty equal the norms of the run's own (identically transformed) test images."""
+    from ssl_norms.analysis import novelty
+    from ssl_norms.data.eval_sets import load_eval_set
+
+    root, run_dir, _ = generated_run
+
+    class OddNormalisation(CIFAR10DataModule):
+        mean, std = (0.1, 0.6, 0.3), (0.5, 0.2, 0.4)
+
+    datamodule = OddNormalisation(root=str(root), batch_size=8, num_workers=0)
+    datamodule.setup()
+    run = TrainedRun(load_model(run_dir / "checkpoints" / "last.ckpt"), datamodule)
+    result = novelty(run, tmp_path, sets="cifar10_test")
+    samples = np.load(tmp_path / "novelty_samples.npz")
+    own = run.embeddings("test")
+    assert samples["cifar10_test_index"].tolist() == own["index"].tolist() == list(range(N_TEST))
+    assert np.allclose(samples["cifar10_test_norm"], own["embeddings"].norm(dim=1).numpy(), rtol=1e-5)
+    # the set's own statistics would show the model other images: the check above can fail
+    foreign = embed_dataset(run.model, load_eval_set("cifar10_test", root))["embeddings"].norm(dim=1).numpy()
+    assert not np.allclose(samples["cifar10_test_norm"], foreign, rtol=1e-3)
+    assert result.numbers["relative_mean/training set"] == pytest.approx(1.0)
+    assert 0 <= result.numbers["auroc/cifar10_test"] <= 1
+
+
+def test_novelty_needs_images():
+    from ssl_norms.analysis import novelty
+    from ssl_norms.data import SyntheticLatentClasses
+
+    datamodule = SyntheticLatentClasses(train_samples=64, val_samples=32, num_workers=0)
+    datamodule.setup()
+    with pytest.raises(AnalysisUnavailable, match="has no images"):
+        novelty(TrainedRun(SimCLR(backbone="mlp", input_dim=64, projector_dims=[8, 4]), datamodule), Path("unused"))
+
+
 def test_cifar100n_agreement_on_the_torchvision_format(tmp_path):
     from ssl_norms.data.cifar import CIFAR100DataModule
 

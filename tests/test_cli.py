@@ -74,9 +74,12 @@ def test_bf16_mixed_precision_fit(tmp_path):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--model", "NoSuchMethod"], "NoSuchMethod"),
+        (["--model", "NoSuchMethod"], "known: BYOL, FroSSL, IsoLoss, SimCLR, SimSiam"),
+        (["--data", "NoSuchData"], "known: CIFAR100DataModule"),
         (["--model.init_args.lr", "-1"], "lr must be"),
         (["--model.init_args.temperature", "0"], "temperature must be > 0"),
+        (["--model.init_args.temperature", "abc"], "--model.init_args.temperature: Expected a <class 'float'>. Got value: abc"),
+        (["--trainer.max_epochs", "x"], "--trainer.max_epochs: Expected a <class 'int'>"),
         (["--data.init_args.batch_size", "100000"], "lower --data.init_args.batch_size"),
     ],
 )
@@ -85,9 +88,19 @@ def test_bad_input_gives_one_line_error(args, expected, tmp_path):
         [sys.executable, "-m", "ssl_norms.cli", "fit", *TINY_DEMO, *args],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
-    assert result.returncode != 0
-    assert expected in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ssl-norms: error: ") and expected in last
+    # one line: no usage dump, no jsonargparse type report, no traceback
+    for noise in ("Traceback", "usage:", "Given value", "Subtypes:"):
+        assert noise not in result.stderr
+
+
+def test_unknown_command_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["trian"])
+    assert exit_info.value.code == 2
+    assert "unknown command 'trian'; commands: fit, validate, test, predict, sweep" in capsys.readouterr().err
 
 
 def test_missing_data_names_root_env_and_download(tmp_path):

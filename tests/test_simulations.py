@@ -236,3 +236,125 @@ def test_registry_and_params():
     assert set(SIMULATIONS) == {"fig2a", "theory_checks", "fig2b", "fig2c"}
     p = simulation_params("fig2a")
     assert p["lr"] == 10.0 and p["num_pairs"] == 500 and p["dim"] == 20 and p["threshold"] == 0.999
+
+
+# ------------------------------------------------------------------------------------------
+# ssl-norms simulate (through the CLI's main, as a user runs it)
+# ------------------------------------------------------------------------------------------
+
+SMALL_RUNS = {
+    "fig2a": ["--norms", "0.5,2", "--interps", "-0.5", "0.5", "--num_pairs", "30", "--max_steps=5000"],
+    "theory_checks": ["--num_pairs", "300", "--lrs", "0.1,4", "--norms", "1", "--num_batches", "1", "--batch_size", "32"],
+    "fig2b": ["--samples_per_class", "150", "--epochs", "2", "--k", "5"],
+    "fig2c": ["--num_samples", "600", "--epochs", "2", "--track_every", "3"],
+}
+
+
+def _simulate(tmp_path, name, capsys):
+    from ssl_norms.cli import main
+
+    out = tmp_path / "sim"
+    main(["simulate", name, "--out", str(out), *SMALL_RUNS[name]])
+    printed = capsys.readouterr().out
+    png, js, csv = (out / f"{name}.{ext}" for ext in ("png", "json", "csv"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    numbers = json.loads(js.read_text())
+    assert numbers["simulation"] == name and numbers["paths"] == {"png": str(png), "csv": str(csv), "json": str(js)}
+    assert printed.startswith(f"{name}: {png}")
+    import csv as csv_module
+
+    with open(csv) as handle:
+        rows = list(csv_module.DictReader(handle))
+    return numbers, rows, printed
+
+
+def test_simulate_fig2a_from_the_command_line(tmp_path, capsys):
+    n, rows, printed = _simulate(tmp_path, "fig2a", capsys)
+    assert n["params"]["norms"] == [0.5, 2.0] and n["params"]["interps"] == [-0.5, 0.5] and n["params"]["max_steps"] == 5000
+    assert n["params"]["num_pairs"] == 30 and n["params"]["lr"] == 10.0  # untouched defaults stay
+    steps = np.array(n["steps"], dtype=float)  # [interp][norm]
+    assert n["num_cells_not_converged"] == 0 and (steps[:, 1] > steps[:, 0]).all() and (steps[0] > steps[1]).all()
+    assert len(rows) == 4 and {r["norm"] for r in rows} == {"0.5", "2.0"}
+    by_cell = {(float(r["interp"]), float(r["norm"])): int(r["steps"]) for r in rows}
+    assert by_cell[(-0.5, 2.0)] == n["steps"][0][1] and by_cell[(0.5, 0.5)] == n["steps"][1][0]
+    assert "steps until mean cos > 0.999" in printed and f"{n['steps'][0][1]}" in printed
+
+
+def test_simulate_theory_checks_from_the_command_line(tmp_path, capsys):
+    n, rows, printed = _simulate(tmp_path, "theory_checks", capsys)
+    thm, cor = n["thm_3_4"], n["cor_3_3"]
+    assert thm["one_side_small_step"]["violations"] == 0 and thm["one_side_small_step"]["checked"] > 0
+    assert thm["both_sides_acute"]["violations"] == 0 and thm["both_sides_obtuse"]["mismatches_with_predicted_condition"] == 0
+    assert thm["one_side_large_step"]["violations"] > 0  # s = 4 > 2: the documented failure of the literal bound
+    assert cor["cosine_step_violations"] == 0 and cor["infonce_step_violations"] == 0
+    assert cor["infonce_embeddings_checked"] == 2 * 1 * 2 * 32
+    assert [(float(r["lr"]), float(r["rho"])) for r in rows] == [(0.1, 1.0), (4.0, 1.0)]
+    assert "Cor 3.3 (norms never shrink): cosine steps 0 violations, InfoNCE steps 0 / 128" in printed
+
+
+def test_simulate_fig2b_from_the_command_line(tmp_path, capsys):
+    n, rows, printed = _simulate(tmp_path, "fig2b", capsys)
+    assert n["params"]["samples_per_class"] == 150 and n["params"]["k"] == 5 and n["params"]["optimizer"] == "adam"
+    assert len(rows) == 4 * 150 and {"norm", "knn_cos_distance", "label"} <= set(rows[0])
+    norms = np.array([float(r["norm"]) for r in rows])
+    knn = np.array([float(r["knn_cos_distance"]) for r in rows])
+    assert n["spearman_norm_vs_knn"] == pytest.approx(spearman(norms, knn), abs=1e-6)
+    assert n["norm_mean"] == pytest.approx(norms.mean(), rel=1e-6)
+    assert f"{n['spearman_norm_vs_knn']:+.3f}" in printed
+
+
+def test_simulate_fig2c_from_the_command_line(tmp_path, capsys):
+    n, rows, printed = _simulate(tmp_path, "fig2c", capsys)
+    assert n["class_probabilities"] == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
+    assert sum(n["class_counts"]) == 600 and n["class_counts"][0] > n["class_counts"][-1]
+    assert [int(r["step"]) for r in rows][:3] == [0, 3, 6] and int(rows[-1]["step"]) == n["steps"]
+    assert [float(rows[-1][f"class_{c}"]) for c in range(4)] == pytest.approx(n["final_mean_norm_per_class"])
+    assert len(n["final_mean_norm_per_class"]) == 4 and "final mean norm per class" in printed
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["simulate", "fig9"], "unknown simulation 'fig9'; choose one of: fig2a, theory_checks, fig2b, fig2c, all"),
+        (["simulate"], "name a simulation"),
+        (["simulate", "fig2a", "--nonsense", "1"], "unknown override(s) for fig2a: nonsense"),
+        (["simulate", "fig2a", "--max_steps", "1.5"], "override max_steps=1.5: expected an integer"),
+        (["simulate", "fig2a", "--lr", "fast"], "override lr='fast': expected a number"),
+        (["simulate", "fig2a", "--num_pairs"], "--num_pairs needs a value"),
+        (["simulate", "fig2a", "stray"], "unexpected argument 'stray'"),
+        (["simulate", "all", "--seed", "1"], "overrides apply to one simulation"),
+    ],
+)
+def test_simulate_bad_input_is_one_line(args, expected, tmp_path, capsys):
+    from ssl_norms.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and expected in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs" / "simulations").exists()  # nothing ran (the default output dir, see conftest)
+
+
+def test_simulate_list_names_every_simulation_and_its_defaults(capsys):
+    from ssl_norms.cli import main
+
+    main(["simulate", "--list"])
+    printed = capsys.readouterr().out
+    for name in SIMULATIONS:
+        assert f"\n{name}: " in f"\n{printed}"
+    assert "    --num_pairs 500\n" in printed and "    --class_weights 0.5,0.25,0.125,0.0625\n" in printed
+
+
+@pytest.mark.timeout(180)
+def test_simulate_wandb_logs_the_figure_into_an_offline_run(tmp_path, monkeypatch, capsys):
+    from ssl_norms.cli import main
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    out = tmp_path / "sim"
+    main(["simulate", "fig2a", "--out", str(out), "--wandb", *SMALL_RUNS["fig2a"]])
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    images = list(runs[0].glob("files/media/images/simulation/fig2a/fig2a_*.png"))
+    assert images and images[0].read_bytes() == (out / "fig2a.png").read_bytes()
+    assert (out / "fig2a.json").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import shlex
 from pathlib import Path
@@ -10,9 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import Callback
 
 from conftest import REPO, metric_values
-from ssl_norms.cli import main
+from ssl_norms.cli import SSLNormsCLI, main, run_lightning_cli
+from ssl_norms.data import SSLDataModule
+from ssl_norms.methods.base import SSLMethod
 from ssl_norms.sweep import cli_value, sweep_points
 
 PAPER = REPO / "configs" / "paper"
@@ -116,58 +119,132 @@ def test_values_reach_the_command_line_as_jsonargparse_reads_them():
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper's sweep files
+# The paper's sweep files: every point of every file is a valid `ssl-norms fit` invocation
 # ---------------------------------------------------------------------------------------------
 
 
-def _importable(class_path: str) -> bool:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return hasattr(importlib.import_module(module), name)
-    except ImportError:
-        return False
+class _StoppedBeforeParsing(Exception):
+    """Carries the parser out of an SSLNormsCLI stopped right before it parses its arguments."""
 
 
-def _covering_points(points):
-    """A few of ``points`` that together use every value of every axis they contain."""
-    axes = list(points[0].values)
-    chosen, seen = [], {a: set() for a in axes}
-    for point in points:
-        if any(str(point.values[a]) not in seen[a] for a in axes):
-            chosen.append(point)
-            for a in axes:
-                seen[a].add(str(point.values[a]))
-    return chosen
+@pytest.fixture(scope="module")
+def fit_parser():
+    """The real parser of `ssl-norms fit`, built once: SSLNormsCLI (through the same
+    ``run_lightning_cli`` the entry point uses) is stopped right before it parses, so nothing is
+    instantiated, trained or written."""
+
+    def stop(self, parser, args):
+        raise _StoppedBeforeParsing(parser)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SSLNormsCLI, "parse_arguments", stop)
+        with pytest.raises(_StoppedBeforeParsing) as stopped:
+            run_lightning_cli(["fit"])
+    return stopped.value.args[0]
+
+
+def check_point(parser, point):
+    """Parse a sweep point's exact `ssl-norms fit` arguments with the CLI's parser and instantiate
+    its model, data module and callbacks without touching data (the model on the meta device, so no
+    weights are allocated). Every override must land under its own full key with its own value.
+    Raises ArgumentError/ValueError (bad config file, class, option or value) or AssertionError.
+    Returns the parsed and the instantiated `fit` configs."""
+    cfg = parser.parse_args(point.fit_args(resume=False))
+    assert cfg.subcommand == "fit"
+    fit = cfg.fit
+    assert fit.run_dir == str(point.run_dir)
+    for key, value in point.overrides.items():
+        if key.endswith("+"):  # appended to a list: the last entry is this value
+            appended = fit[key[:-1]][-1]
+            assert appended.class_path == value["class_path"], f"{point.label}: {key}"
+            assert {k: appended.init_args[k] for k in value.get("init_args", {})} == value.get("init_args", {}), f"{point.label}: {key}"
+        else:  # the full key exists (an abbreviated or misspelt key fails here) and holds the value
+            assert key in fit, f"{point.label}: override key {key!r} is not an option of ssl-norms fit"
+            assert fit[key] == value, f"{point.label}: {key} = {fit[key]!r}, expected {value!r}"
+    with torch.device("meta"):
+        init = parser.instantiate(cfg).fit
+    assert isinstance(init.model, SSLMethod) and isinstance(init.data, SSLDataModule)
+    assert all(isinstance(c, Callback) for c in init.trainer.callbacks)
+    return fit, init
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
-def test_paper_sweep_files_list_and_parse(name, capsys):
+def test_every_point_of_the_paper_sweep_files_parses_and_instantiates(name, fit_parser, capsys):
     points = sweep_points(PAPER / name)
     assert len(points) == PAPER_COUNTS[name]
     assert len({p.run_dir for p in points}) == len(points)
     for point in points:
-        assert all(Path(c).resolve().is_relative_to(REPO / "configs") for c in point.configs)
-    ready = []
-    for point in points:  # points whose configs and classes exist already (others land in parallel)
-        if not all(Path(c).is_file() for c in point.configs):
-            continue
-        config = yaml.safe_load(Path(point.configs[0]).read_text())
-        if all(_importable(config[k]["class_path"]) for k in ("model", "data")):
-            ready.append(point)
-    ready = _covering_points(ready) if ready else []
-    if not ready:
-        pytest.skip(f"{name}: no base config or class of its points exists yet")
-    for point in ready:  # the real CLI parser accepts every override of the point
-        with pytest.raises(SystemExit) as stop:
-            main([*point.fit_args(), "--print_config"])
-        assert stop.value.code in (0, None)
-        printed = yaml.safe_load(capsys.readouterr().out)
-        callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in printed["trainer"]["callbacks"]]
+        for config in point.configs:
+            assert Path(config).resolve().is_relative_to(REPO / "configs")
+            assert Path(config).is_file(), f"{name} point {point.index} ({point.label}): {config} does not exist"
+        fit, init = check_point(fit_parser, point)
+        callbacks = {type(c).__name__: c for c in init.trainer.callbacks}
         if point.values.get("intervention") == "gradscale":
-            assert "GradScale" in callbacks and printed["model"]["init_args"]["warmup_epochs"] == 100
-            assert printed["model"]["init_args"]["lr"] == pytest.approx(0.3 / 6)
+            assert callbacks["GradScale"].power == 1.0 and fit.model.init_args.warmup_epochs == 100
+            assert fit.model.init_args.lr == pytest.approx(0.3 / 6)
         if _cut_c(point) is not None:
-            assert "CutInit" in callbacks
+            assert callbacks["CutInit"].c == _cut_c(point)
+        else:
+            assert "CutInit" not in callbacks
+    # and the entry point itself accepts a point's command as printed by `ssl-norms sweep --list`
+    with pytest.raises(SystemExit) as stop:
+        main([*points[-1].fit_args(), "--print_config"])
+    assert stop.value.code in (0, None)
+    assert yaml.safe_load(capsys.readouterr().out)["run_dir"] == str(points[-1].run_dir)
+
+
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        ({"model.init_args.wieght_decay": 0.1}, ArgumentError),        # misspelt option
+        ({"trainer.max_epoch": 3}, AssertionError),                     # abbreviation: not the full key
+        ({"data.init_args.imbalance": {"preset": "cifar7"}}, ValueError),  # a value the class rejects
+        ({"label": "x", "trainer.callbacks+": {"class_path": "ssl_norms.callbacks.CutInit", "init_args": {"cc": 3}}}, ArgumentError),
+        ({"config": "no_such_base.yaml"}, ArgumentError),               # a missing base config
+    ],
+)
+def test_point_check_fails_on_a_wrong_key_value_or_config(tmp_path, fit_parser, override, error):
+    sweep = tmp_path / "bad.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "bad", "config": str(REPO / "configs" / "simclr" / "cifar10.yaml"), "points": [override]}))
+    with pytest.raises(error):
+        check_point(fit_parser, sweep_points(sweep)[0])
+
+
+# dataset -> data fragments of configs/data/ that, stacked on the method's CIFAR-10 config, give the
+# data block of configs/<method>/<dataset>.yaml
+DATA_FRAGMENTS = {
+    "cifar100": ["cifar100.yaml"],
+    "cifar10_imbalanced": ["cifar10_imbalanced.yaml"],
+    "cifar100_imbalanced": ["cifar100.yaml", "cifar100_imbalanced.yaml"],
+    "imagenet100": ["imagenet100.yaml"],
+    "flowers102": ["flowers102.yaml"],
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(DATA_FRAGMENTS))
+@pytest.mark.parametrize("method", ["simclr", "simsiam"])
+def test_base_configs_are_the_cifar10_recipe_on_the_data_fragments(fit_parser, method, dataset):
+    configs = REPO / "configs"
+    stacked = fit_parser.parse_args(
+        ["fit", "--config", str(configs / method / "cifar10.yaml"), *(a for f in DATA_FRAGMENTS[dataset] for a in ("--config", str(configs / "data" / f)))]
+    ).fit
+    own = fit_parser.parse_args(["fit", "--config", str(configs / method / f"{dataset}.yaml")]).fit
+    assert own.data == stacked.data
+    assert own.trainer.callbacks == stacked.trainer.callbacks
+    assert own.model.class_path == stacked.model.class_path
+    changed = {k for k in vars(own.model.init_args) if own.model.init_args[k] != stacked.model.init_args[k]}
+    model, data, trainer = own.model.init_args, own.data.init_args, own.trainer
+    if dataset in ("imagenet100", "flowers102"):  # 128 px images: the ImageNet stem (and SimSiam's ImageNet lr rule)
+        assert changed == ({"cifar_stem", "lr"} if method == "simsiam" else {"cifar_stem"})
+        assert not model.cifar_stem and data.image_size == 128 and data.pipeline == "paper"
+    else:
+        assert not changed
+    if dataset == "flowers102":
+        assert data.splits == "paper"  # trains on the official test split
+    if method == "simclr":
+        assert (model.lr, model.weight_decay, model.temperature, data.batch_size, trainer.accumulate_grad_batches) == (0.3, 1e-6, 0.5, 256, 1)
+    else:
+        assert (model.lr, model.weight_decay, data.batch_size, trainer.accumulate_grad_batches) == (0.2 if dataset in ("imagenet100", "flowers102") else 0.12, 5e-4, 256, 4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -96,11 +96,15 @@ def plot_by_norm(rows: list[dict[str, Any]], overall: float, ylabel: str, title:
 
 
 def _write_bucket_study(
-    name: str, out_dir: Path, rows: list[dict[str, Any]], overall: float, numbers: dict[str, Any],
+    name: str, out_dir: Path, norms: Tensor, values: Tensor, num_buckets: int, min_count: int, numbers: dict[str, Any],
     ylabel: str, title: str, scale: float, samples: dict[str, Tensor],
 ) -> AnalysisResult:
+    """The common end of the Fig 4 studies: ``values`` (one per image) summarised per norm bucket,
+    plotted, and written with ``numbers`` (+ ``overall``, the mean of all values) and the samples."""
+    rows = bucket_summary(norms, values, num_buckets, min_count)
+    overall = values.double().mean().item()
     out_dir = Path(out_dir)
-    numbers = {**numbers, "overall": overall, "buckets": rows}
+    numbers = {**numbers, "num_images": len(norms), "min_count": min_count, "overall": overall, "buckets": rows}
     paths = [
         plot_by_norm(rows, overall, ylabel, title, out_dir / f"{name}.png", scale),
         write_csv(rows, out_dir / f"{name}.csv"),
@@ -128,11 +132,10 @@ def knn_by_norm(
     norms = embedded[space].norm(dim=1)
     predicted = knn_predict_leave_one_out(embedded[knn_space], embedded["labels"], run.datamodule.num_classes, k, temperature)
     correct = (predicted == embedded["labels"]).double()
-    rows = bucket_summary(norms, correct, num_buckets, min_count)
     numbers = {"split": split, "augmented": run.augmented and split == "train", "norm_space": space, "knn_space": knn_space,
-               "k": min(k, len(norms) - 1), "temperature": temperature, "num_images": len(norms), "min_count": min_count}
+               "k": min(k, len(norms) - 1), "temperature": temperature}
     return _write_bucket_study(
-        "knn_by_norm", out_dir, rows, correct.mean().item(), numbers, "leave-one-out k-NN accuracy (%)",
+        "knn_by_norm", out_dir, norms, correct, num_buckets, min_count, numbers, "leave-one-out k-NN accuracy (%)",
         f"Fig 4 left: k-NN accuracy by {SPACE_NAMES[space]} norm ({split})", 100.0,
         {"index": embedded["index"], "label": embedded["labels"], "norm": norms, "knn_correct": correct.bool()},
     )
@@ -161,12 +164,10 @@ def human_agreement_by_norm(
     original = original_train_indices(embedded["index"], embedded["labels"], clean, storage, num_classes)
     agrees = (human[original] == clean[original]).double()
     norms = embedded[space].norm(dim=1)
-    rows = bucket_summary(norms, agrees, num_buckets, min_count)
     numbers = {"labels_file": path, "label_key": label_key or default_key, "storage": storage, "augmented": run.augmented,
-               "norm_space": space, "num_images": len(norms), "min_count": min_count,
-               "label_agreement_of_all_50000": (human == clean).double().mean().item()}
+               "norm_space": space, "label_agreement_of_all_50000": (human == clean).double().mean().item()}
     return _write_bucket_study(
-        "human_agreement_by_norm", out_dir, rows, agrees.mean().item(), numbers,
+        "human_agreement_by_norm", out_dir, norms, agrees, num_buckets, min_count, numbers,
         f"{label_key or default_key} == clean label (%)", f"Fig 4 middle: human-label agreement by {SPACE_NAMES[space]} norm (train)", 100.0,
         {"index": embedded["index"], "original_index": original, "label": embedded["labels"], "norm": norms, "agrees": agrees.bool()},
     )
@@ -195,10 +196,9 @@ def entropy_by_norm(
         raise ValueError(f"{path} has {len(probs)} rows but the test set has an image at position {int(index.max())}")
     entropy = entropy_bits(probs[index])
     norms = embedded[space].norm(dim=1)
-    rows = bucket_summary(norms, entropy, num_buckets, min_count)
-    numbers = {"labels_file": path, "norm_space": space, "num_images": len(norms), "min_count": min_count}
+    numbers = {"labels_file": path, "norm_space": space}
     return _write_bucket_study(
-        "entropy_by_norm", out_dir, rows, entropy.mean().item(), numbers, "CIFAR-10H label entropy (bits)",
+        "entropy_by_norm", out_dir, norms, entropy, num_buckets, min_count, numbers, "CIFAR-10H label entropy (bits)",
         f"Fig 4 right: CIFAR-10H entropy by {SPACE_NAMES[space]} norm (test)", 1.0,
         {"index": index, "label": embedded["labels"], "norm": norms, "entropy_bits": entropy},
     )

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ssl_norms.analysis.loading import TrainedRun, embed_dataset, limit_samples
-from ssl_norms.analysis.output import AnalysisResult, new_figure, save_figure, write_csv, write_json, write_samples
+from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable, new_figure, save_figure, write_csv, write_json, write_samples
 
 TRAINING_SET = "training set"
 
@@ -63,22 +63,23 @@ def novelty(
 ) -> AnalysisResult:
     """Norms of the training set (the run's own training images, un-augmented unless the run says
     ``augmented``) and of each evaluation set in ``sets`` (names of
-    :func:`ssl_norms.data.eval_sets.load_eval_set`, resized to the training image size), each
-    normalised by the training-set mean. Sets whose data is missing are skipped and named."""
-    from ssl_norms.data.eval_sets import load_eval_set
+    :func:`ssl_norms.data.eval_sets.load_eval_set`), each normalised by the training-set mean.
 
+    Every set is loaded by the run's own DataModule (``load_extra_eval_set``): at its evaluation
+    size and resize rule and with its mean/std, so the model sees each set exactly as it saw its
+    own evaluation images (MNIST digits, CIFAR-100 images are not normalised with their own
+    statistics). Sets whose data is missing are skipped and named."""
     if space not in ("embeddings", "features"):
         raise ValueError(f"space must be 'embeddings' or 'features', got {space!r}")
+    if getattr(run.datamodule, "eval_image_size", None) is None:
+        raise AnalysisUnavailable(f"novelty compares image sets; {type(run.datamodule).__name__} has no images")
     names = list(DEFAULT_EVAL_SETS) if sets is None else ([s.strip() for s in sets.split(",") if s.strip()] if isinstance(sets, str) else list(sets))
     norms: dict[str, Tensor] = {TRAINING_SET: run.embeddings("train")[space].norm(dim=1)}
     indices: dict[str, Tensor] = {TRAINING_SET: run.embeddings("train")["index"]}
     skipped: dict[str, str] = {}
-    image_size = run.dataset("train")[0]["image"].shape[-1]
-    mean, std = getattr(run.datamodule, "mean", None), getattr(run.datamodule, "std", None)
     for name in names:
         try:
-            # the training normalisation for every set: the model sees each set as it saw its training data
-            dataset = load_eval_set(name, run.datamodule.root, size=image_size, mean=mean, std=std)
+            dataset = run.datamodule.load_extra_eval_set(name)  # the run's size, resize, mean and std
         except FileNotFoundError as err:
             skipped[name] = str(err)
             continue

@@ -1,4 +1,8 @@
-"""What every analysis writes: a PNG, its numbers (CSV / JSON / NPZ), and optionally W&B images."""
+"""What every analysis and simulation writes: a PNG, its numbers (CSV / JSON / NPZ), and optionally
+W&B images. The one home of the figure and file helpers (``ssl_norms.simulations`` uses them too).
+
+Figures are :class:`matplotlib.figure.Figure` objects built without pyplot's global state, so
+everything works headless and never opens a window."""
 
 from __future__ import annotations
 
@@ -33,14 +37,17 @@ class AnalysisResult:
         return next((p for p in self.paths if p.suffix == ".png"), None)
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, width: float = 5.5, height: float = 4.2) -> tuple[Figure, list]:
-    """A headless figure (no pyplot state) and its axes as a flat list."""
+def new_figure(nrows: int = 1, ncols: int = 1, width: float = 5.5, height: float = 4.2, **subplots: Any) -> tuple[Figure, list]:
+    """A headless figure (no pyplot state) and its axes as a flat list; ``width``/``height`` are
+    per panel, ``subplots`` go to :meth:`Figure.subplots` (e.g. ``gridspec_kw``)."""
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplots)
     return fig, [ax for row in axes for ax in row]
 
 
-def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """``fig`` as a PNG at ``path`` (parent directories created)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
@@ -65,20 +72,24 @@ def plain(value: Any) -> Any:
     return value
 
 
-def write_json(data: dict[str, Any], path: Path) -> Path:
+def write_json(data: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(plain(data), indent=2) + "\n")
     return path
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Rows of flat dicts; the columns are the union of keys in first-seen order."""
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """Rows of flat dicts; the columns are ``columns`` (other keys left out), else the union of the
+    rows' keys in first-seen order. None, NaN and inf are written as empty cells."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns += [k for k in row if k not in columns]
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if plain(v) is None else plain(v)) for k, v in row.items()})
@@ -111,30 +122,48 @@ def wandb_project(config: dict[str, Any] | None) -> str:
 
 
 class WandbFigures:
-    """Logs analysis PNGs as ``wandb.Image`` into the training run's W&B run (same id, resumed).
+    """Logs PNGs (as ``wandb.Image``) and headline numbers into a W&B run.
+
+    * a W&B run already active in this process (``wandb.run``, e.g. a WandbLogger's): logged there,
+      and left open;
+    * else a training run directory that kept its W&B id (``<run_dir>/wandb_run_id``): that run is
+      resumed (same id), so the figures sit next to the training curves;
+    * else a new run written into ``<run_dir>/wandb`` (``job_type``, e.g. ``simulation``).
 
     Offline (never waiting on the network) without credentials or with WANDB_MODE=offline;
-    ``wandb sync <run_dir>/wandb`` uploads later."""
+    ``wandb sync <run_dir>/wandb/offline-run-*`` uploads later."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any] | None = None, job_type: str = "analysis", name: str | None = None) -> None:
         import wandb
 
         from ssl_norms.wandb_setup import wandb_has_credentials
 
+        self.owned = wandb.run is None
+        if not self.owned:
+            self.run = wandb.run
+            return
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
         offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun") or not wandb_has_credentials()
         self.run = wandb.init(
             project=wandb_project(config), id=wandb_run_id(run_dir), resume="allow", dir=str(run_dir),
-            mode="offline" if offline else "online", job_type="analysis",
+            mode="offline" if offline else "online", job_type=job_type, name=name,
             settings=wandb.Settings(init_timeout=60, console="off", silent=True),
         )
 
-    def log(self, result: AnalysisResult) -> None:
+    def log_figures(self, prefix: str, paths: Sequence[Path], numbers: dict[str, Any]) -> None:
+        """Every PNG of ``paths`` as ``<prefix>/<file stem>`` and the numeric top-level ``numbers``
+        as ``<prefix>/<key>``."""
         import wandb
 
-        images = {f"analysis/{result.name}/{p.stem}": wandb.Image(str(p)) for p in result.paths if p.suffix == ".png"}
-        scalars = {f"analysis/{result.name}/{k}": v for k, v in result.numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        images = {f"{prefix}/{Path(p).stem}": wandb.Image(str(p)) for p in paths if Path(p).suffix == ".png"}
+        scalars = {f"{prefix}/{k}": v for k, v in numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if images or scalars:
             self.run.log({**images, **scalars})
 
+    def log(self, result: AnalysisResult) -> None:
+        self.log_figures(f"analysis/{result.name}", result.paths, result.numbers)
+
     def finish(self) -> None:
-        self.run.finish()
+        if self.owned:
+            self.run.finish()

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ssl_norms.simulations.aparametric import fig2a, theory_checks
 from ssl_norms.simulations.parametric import fig2b, fig2c
-from ssl_norms.simulations.plotting import SimulationOutput, save_png, to_jsonable, write_csv, write_json
+from ssl_norms.simulations.plotting import SimulationOutput, plain, save_figure, write_csv, write_json
 
 SIMULATIONS: dict[str, Callable[..., SimulationOutput]] = {
     "fig2a": fig2a,
@@ -46,6 +46,7 @@ def simulation_params(name: str) -> dict[str, Any]:
 
 
 def _coerce(value: Any, default: Any, key: str) -> Any:
+    """``value`` (a string from the command line, or a Python value) as the type of ``default``."""
     if isinstance(default, (list, tuple)):
         if isinstance(value, str):
             value = [v for v in value.replace(" ", "").split(",") if v]
@@ -53,23 +54,27 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
             value = [value]
         elem = type(default[0]) if len(default) else float
         return [_coerce(v, elem(), key) for v in value]
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            low = value.lower()
-            if low not in {"true", "false", "1", "0", "yes", "no"}:
-                raise ValueError(f"override {key}={value!r}: expected a boolean")
-            return low in {"true", "1", "yes"}
-        return bool(value)
-    if isinstance(default, int):
-        if isinstance(value, str):
-            value = float(value) if any(c in value for c in ".eE") else int(value)
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ValueError(f"override {key}={value!r}: expected an integer")
-            value = int(value)
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
+    if isinstance(value, (list, tuple)):
+        raise ValueError(f"override {key}: expected one value, got {len(value)} ({', '.join(map(str, value))})")
+    kind = "a boolean" if isinstance(default, bool) else "an integer" if isinstance(default, int) else "a number" if isinstance(default, float) else None
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                low = value.lower()
+                if low not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError
+                return low in {"true", "1", "yes"}
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, str):
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"override {key}={value!r}: expected {kind}") from None
     return value
 
 
@@ -84,11 +89,11 @@ def run_simulation(name: str, out_dir: str | Path, **overrides: Any) -> dict:
     out = fn(**kwargs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"png": str(save_png(out.figure, out_dir / f"{name}.png"))}
+    paths = {"png": str(save_figure(out.figure, out_dir / f"{name}.png"))}
     for suffix, rows in out.tables.items():
         fname = f"{name}.csv" if suffix == "" else f"{name}_{suffix}.csv"
         paths["csv" if suffix == "" else f"csv_{suffix}"] = str(write_csv(rows, out_dir / fname))
     paths["json"] = str(out_dir / f"{name}.json")
-    numbers = to_jsonable({"simulation": name, **out.numbers, "paths": paths})
+    numbers = plain({"simulation": name, **out.numbers, "paths": paths})
     write_json(numbers, out_dir / f"{name}.json")
     return numbers

@@ -153,6 +153,13 @@ def knn_cosine_distance(z: Tensor, k: int, chunk: int = 2048) -> Tensor:
     return out
 
 
+def _train(x: Tensor, labels: Tensor, params: dict, **kwargs) -> tuple[nn.Module, list[float]]:
+    """:func:`train_supcon` with the training settings of a simulation's ``params`` (its keyword
+    arguments); the embeddings live in R^latent_dim."""
+    keys = ("hidden", "epochs", "batch_size", "lr", "temperature", "optimizer", "momentum", "seed")
+    return train_supcon(x, labels, out_dim=params["latent_dim"], **{k: params[k] for k in keys}, **kwargs)
+
+
 def _world_and_data(num_classes, latent_dim, ambient_dim, sigma, samples, class_weights, seed):
     world = LatentClasses.create(num_classes, latent_dim, ambient_dim, sigma, seed=seed)
     counts = class_counts(samples, class_weights, num_classes)
@@ -193,15 +200,13 @@ def fig2b(
     the pooled correlation is negative for the Adam default in every seed, but with SGD it can
     flip sign because between-class norm offsets (set by the random class geometry) dominate.
     """
+    params = dict(locals())  # the keyword arguments, recorded with the numbers
     t0 = time.perf_counter()
     with _seeded(seed, threads=1):
         world, counts, x, labels, latents = _world_and_data(
             num_classes, latent_dim, ambient_dim, sigma, num_classes * samples_per_class, None, seed
         )
-        model, losses = train_supcon(
-            x, labels, hidden=hidden, out_dim=latent_dim, epochs=epochs, batch_size=batch_size,
-            lr=lr, temperature=temperature, optimizer=optimizer, momentum=momentum, seed=seed,
-        )
+        model, losses = _train(x, labels, params)
         with torch.no_grad():
             z = model(x)
     norms = z.norm(dim=-1).double()
@@ -216,9 +221,7 @@ def fig2b(
     n_np, k_np, kl_np = norms.numpy(), knn.numpy(), knn_latent.numpy()
     within = [spearman(n_np[labels.numpy() == c], k_np[labels.numpy() == c]) for c in range(num_classes)]
     numbers = {
-        "params": dict(num_classes=num_classes, samples_per_class=samples_per_class, latent_dim=latent_dim,
-                       ambient_dim=ambient_dim, sigma=sigma, hidden=hidden, epochs=epochs, batch_size=batch_size,
-                       lr=lr, temperature=temperature, optimizer=optimizer, momentum=momentum, k=k, seed=seed),
+        "params": params,
         "spearman_norm_vs_knn": spearman(n_np, k_np),
         "pearson_norm_vs_knn": pearson(n_np, k_np),
         "spearman_norm_vs_knn_within_class": within,
@@ -313,8 +316,10 @@ def fig2c(
     above the rarest class in 19/20, and Spearman(frequency, norm) averages +0.81. Most of the norm
     growth happens in the first ~50 steps, before the classes collapse and the loss saturates.
     """
+    params = dict(locals())  # the keyword arguments, recorded with the numbers
     t0 = time.perf_counter()
     weights = [float(w) for w in class_weights]
+    params["class_weights"] = weights
     num_classes = len(weights)
     track: list[dict] = []
     with _seeded(seed, threads=1):
@@ -330,19 +335,12 @@ def fig2c(
                 row[f"class_{c}"] = float(nrm[labels == c].mean())
             track.append(row)
 
-        _, losses = train_supcon(
-            x, labels, hidden=hidden, out_dim=latent_dim, epochs=epochs, batch_size=batch_size, lr=lr,
-            temperature=temperature, optimizer=optimizer, momentum=momentum, seed=seed, callback=record,
-            callback_every=track_every,
-        )
+        _, losses = _train(x, labels, params, callback=record, callback_every=track_every)
     final = [track[-1][f"class_{c}"] for c in range(num_classes)]
     initial = [track[0][f"class_{c}"] for c in range(num_classes)]
     total = sum(weights)
     numbers = {
-        "params": dict(class_weights=weights, num_samples=num_samples, latent_dim=latent_dim, ambient_dim=ambient_dim,
-                       sigma=sigma, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
-                       temperature=temperature, optimizer=optimizer, momentum=momentum, track_every=track_every,
-                       seed=seed),
+        "params": params,
         "class_probabilities": [w / total for w in weights],
         "class_counts": counts,
         "initial_mean_norm_per_class": initial,
