@@ -414,6 +414,24 @@ def test_analysis_figures_go_to_an_offline_wandb_run_without_hanging(tmp_path, m
     assert (run / "analysis" / "curves.png").exists()
 
 
+@pytest.mark.timeout(180)
+def test_analysis_figures_go_into_an_active_wandb_run_and_leave_it_open(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    run = write_run(tmp_path / "r", epochs=3, steps_per_epoch=2, weight_decay=0.0, opposite=0.2)
+    active = wandb.init(project="p", dir=str(tmp_path / "active"), mode="offline", settings=wandb.Settings(console="off", silent=True))
+    try:
+        main(["analyze", "curves", "--runs", str(run), "--wandb"])
+        assert wandb.run is active  # a run someone else started stays open
+        images = list(Path(active.dir).glob("media/images/analysis/curves/curves_*.png"))
+        assert images and images[0].read_bytes() == (run / "analysis" / "curves.png").read_bytes()
+        assert not (run / "wandb").exists()  # no second run
+    finally:
+        active.finish()
+
+
 # ---- the real CIFAR-10 copy ($SSL_NORMS_DATA) ------------------------------------------------------
 
 

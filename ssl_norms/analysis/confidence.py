@@ -75,15 +75,20 @@ def bucket_summary(norms: Tensor, values: Tensor, num_buckets: int = 20, min_cou
 
 def plot_by_norm(rows: list[dict[str, Any]], overall: float, ylabel: str, title: str, out_png: Path, scale: float = 1.0):
     """Bucket means against the relative norm; marker area proportional to the bucket count."""
-    fig, (ax,) = new_figure(width=6.5, height=4.6)
+    fig, (ax,) = new_figure(width=7.0, height=4.8)
     shown = [r for r in rows if r["shown"]]
     if shown:
         centres = [(r["relative_norm_low"] + r["relative_norm_high"]) / 2 for r in shown]
         counts = [r["count"] for r in shown]
         biggest = max(counts)
         ax.plot(centres, [scale * r["mean"] for r in shown], color="tab:blue", alpha=0.5, zorder=1)
-        ax.scatter(centres, [scale * r["mean"] for r in shown], s=[20 + 280 * c / biggest for c in counts],
-                   color="tab:blue", edgecolor="black", zorder=2, label=f"bucket (area ~ count, largest {biggest})")
+        sizes = [20 + 280 * c / biggest for c in counts]
+        ax.scatter(centres, [scale * r["mean"] for r in shown], s=sizes,
+                   color="tab:blue", edgecolor="black", zorder=2, label="bucket of width 1/%d (area ~ images)" % len(rows))
+        for x, r, size in zip(centres, shown, sizes):
+            ax.annotate(f"n={r['count']}", (x, scale * r["mean"]), xytext=(0, size ** 0.5 / 2 + 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=7)
+        ax.margins(y=0.15)
     else:
         ax.text(0.5, 0.5, "no bucket has enough embeddings", transform=ax.transAxes, ha="center")
     ax.axhline(scale * overall, color="gray", linestyle="--", label=f"all images: {scale * overall:.3g}")
@@ -135,7 +140,7 @@ def knn_by_norm(
     numbers = {"split": split, "augmented": run.augmented and split == "train", "norm_space": space, "knn_space": knn_space,
                "k": min(k, len(norms) - 1), "temperature": temperature}
     return _write_bucket_study(
-        "knn_by_norm", out_dir, norms, correct, num_buckets, min_count, numbers, "leave-one-out k-NN accuracy (%)",
+        "knn_by_norm", out_dir, norms, correct, num_buckets, min_count, numbers, f"leave-one-out cosine {numbers['k']}-NN accuracy (%)",
         f"Fig 4 left: k-NN accuracy by {SPACE_NAMES[space]} norm ({split})", 100.0,
         {"index": embedded["index"], "label": embedded["labels"], "norm": norms, "knn_correct": correct.bool()},
     )
@@ -168,7 +173,8 @@ def human_agreement_by_norm(
                "norm_space": space, "label_agreement_of_all_50000": (human == clean).double().mean().item()}
     return _write_bucket_study(
         "human_agreement_by_norm", out_dir, norms, agrees, num_buckets, min_count, numbers,
-        f"{label_key or default_key} == clean label (%)", f"Fig 4 middle: human-label agreement by {SPACE_NAMES[space]} norm (train)", 100.0,
+        f"human label ({label_key or default_key}) = clean label (%)",
+        f"Fig 4 middle: CIFAR-{num_classes}N label agreement by {SPACE_NAMES[space]} norm (train)", 100.0,
         {"index": embedded["index"], "original_index": original, "label": embedded["labels"], "norm": norms, "agrees": agrees.bool()},
     )
 

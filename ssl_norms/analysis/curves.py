@@ -164,8 +164,8 @@ def plot_runs_over_epochs(
         for epoch in sorted(set(norms) | set(knn)):
             rows.append({"run": label, "run_dir": str(Path(run)), "epoch": epoch + 1,
                          "norm_mean": norms.get(epoch, math.nan), "knn_top1": knn.get(epoch, math.nan)})
-    ax_norm.set(title=f"mean embedding norm ({norm_key})", xlabel="epoch", ylabel="||z||")
-    ax_knn.set(title=f"k-NN accuracy ({knn_key})", xlabel="epoch", ylabel="top-1 (%)")
+    ax_norm.set(title=f"mean embedding norm ({norm_key})", xlabel="epoch (log scale)", ylabel="||z||")
+    ax_knn.set(title=f"k-NN accuracy ({knn_key})", xlabel="epoch (log scale)", ylabel="top-1 (%)")
     for ax in (ax_norm, ax_knn):
         log_epoch_axis(ax)
         ax.grid(alpha=0.3, which="both")

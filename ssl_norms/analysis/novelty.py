@@ -47,7 +47,8 @@ def plot_novelty(relative: dict[str, Tensor], aurocs: dict[str, float], out_png:
     ax_bar.axhline(1.0, color="gray", linestyle="--", linewidth=1)
     ax_bar.set_xticks(positions, names, rotation=20)
     ax_bar.set(ylabel="mean norm / training-set mean", title="mean norm (AUROC: low norm as out-of-training score)",
-               ylim=(0, 1.25 * max(max(means), 1.0)))
+               ylim=(0, 1.25 * max(max(means), 1.0)),
+               xlabel="AUROC 0.5: norms alike; 1: set's norms all lower; 0: all higher")
     title = "Fig 3: embedding norms per evaluation set, relative to the training-set mean"
     if skipped:
         title += "\nnot available here: " + ", ".join(skipped)

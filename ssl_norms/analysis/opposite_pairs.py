@@ -90,7 +90,7 @@ def opposite_pairs(
                        label=f"{label}: recomputed from the checkpoint (eval mode)")
         rows.append(row)
     log_epoch_axis(ax)
-    ax.set(xlabel="epoch", ylabel="positive pairs at angle > pi/2 (%)",
+    ax.set(xlabel="epoch (log scale)", ylabel="positive pairs at angle > π/2 (%)",
            title="Table S1: opposite positive pairs over training\n(markers: the table's epochs)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

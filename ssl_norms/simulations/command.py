@@ -109,7 +109,7 @@ def headline(numbers: dict[str, Any]) -> list[str]:
         lines = ["Thm 3.4 bound violations (checked pairs x steps):"]
         for key in ("one_side_small_step", "one_side_large_step", "both_sides_acute", "both_sides_obtuse"):
             entry = thm[key]
-            lines.append(f"  {key:<20} ({entry['condition']}): {entry['violations']} / {entry['checked']}, max ratio {_fmt(entry['max_ratio'])}")
+            lines.append(f"  {key:<20} ({entry['condition']}): {entry['violations']} / {entry['checked']}, max ratio {'-' if entry['max_ratio'] is None else format(entry['max_ratio'], '.7g')}")
         lines.append(f"  obtuse violations outside the predicted set |cos phi| > s sin^2 phi: {thm['both_sides_obtuse']['mismatches_with_predicted_condition']}")
         lines.append(f"Cor 3.3 (norms never shrink): cosine steps {cor['cosine_step_violations']} violations, "
                      f"InfoNCE steps {cor['infonce_step_violations']} / {cor['infonce_embeddings_checked']}")
