@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench study clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ test-slow: install
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/input_pipeline.py
+
+# 5 methods x (default, cut-init, GradScale) on the demo data: loss, norm and k-NN table (~5-10 min)
+study: install
+	$(BIN)/python benchmarks/short_runs.py
 
 clean:
 	rm -rf runs .pytest_cache

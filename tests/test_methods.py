@@ -464,7 +464,7 @@ def test_frossl_multi_view_loss_space_is_unnormalised_projection():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["simsiam", "byol", "isoloss", "frossl"])
+@pytest.mark.parametrize("method", ["simclr", "simsiam", "byol", "isoloss", "frossl"])
 def test_configs_build_their_model_and_cifar100_mirrors_cifar10(method):
     cifar10 = yaml.safe_load((REPO / "configs" / method / "cifar10.yaml").read_text())
     cifar100 = yaml.safe_load((REPO / "configs" / method / "cifar100.yaml").read_text())
