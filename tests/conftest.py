@@ -79,3 +79,27 @@ TINY_RESNET = [
     "--trainer.check_val_every_n_epoch", "1",
     "--trainer.accelerator", "cpu",
 ]
+
+
+def spawn_ranks(worker, *args, world_size: int = 2, timeout_s: float = 180) -> None:
+    """Run ``worker(rank, port, *args)`` in ``world_size`` spawned processes (the gloo rendezvous is
+    127.0.0.1:port) and wait; fails the test when a worker raises or the group hangs past the timeout."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.start_processes(worker, args=(port, *args), nprocs=world_size, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not context.join(timeout=1.0):  # raises if a worker failed
+            if time.monotonic() > deadline:
+                pytest.fail(f"{world_size} spawned ranks did not finish within {timeout_s} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(5)

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -31,7 +29,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from conftest import REPO, TINY_DEMO, metric_values
+from conftest import REPO, TINY_DEMO, metric_values, spawn_ranks
 from ssl_norms.callbacks import EmbeddingNormMonitor, OnlineKNN
 from ssl_norms.data import SyntheticLatentClasses
 from ssl_norms.eval import knn_predict
@@ -47,12 +45,6 @@ def have_isoloss() -> bool:
     import ssl_norms.methods as methods
 
     return hasattr(methods, "IsoLoss")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def without_batchnorm(module: nn.Module) -> nn.Module:
@@ -146,22 +138,9 @@ def _worker(rank: int, port: int, out_dir: str, scenarios: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def ddp_records(tmp_path_factory) -> dict[str, list[dict]]:
-    import torch.multiprocessing as mp
-
     out_dir = tmp_path_factory.mktemp("ddp")
     scenarios = [s for s in SCENARIOS if s != "isoloss" or have_isoloss()]
-    context = mp.start_processes(_worker, args=(_free_port(), str(out_dir), scenarios), nprocs=WORLD_SIZE,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=1.0):  # raises if a worker failed
-            if time.monotonic() > deadline:
-                pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
+    spawn_ranks(_worker, str(out_dir), scenarios, world_size=WORLD_SIZE, timeout_s=TIMEOUT_S)
     return {s: [torch.load(out_dir / f"{s}-rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)] for s in scenarios}
 
 

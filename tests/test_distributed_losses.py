@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
-import time
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import spawn_ranks
 from ssl_norms.distributed import all_gather_with_grad
 from ssl_norms.losses import info_nce
 
@@ -21,12 +18,6 @@ PER_RANK = 4
 IN_DIM, OUT_DIM = 6, 3
 TEMPERATURE = 0.3
 TIMEOUT_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,19 +68,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_info_nce_ddp_matches_single_process(tmp_path: Path) -> None:
-    context = mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=1.0):  # raises if a worker failed
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
+    spawn_ranks(_worker, str(tmp_path), world_size=WORLD_SIZE, timeout_s=TIMEOUT_S)
 
     encoder = _encoder()
     x1, x2 = _batch()

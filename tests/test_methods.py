@@ -7,20 +7,17 @@ import datetime
 import inspect
 import math
 import os
-import socket
-import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
 
 import ssl_norms.methods as methods
-from conftest import REPO, TINY_DEMO, TINY_RESNET, metric_values, read_metrics_csv
+from conftest import REPO, TINY_DEMO, TINY_RESNET, metric_values, read_metrics_csv, spawn_ranks
 from ssl_norms.cli import main
 from ssl_norms.data import SyntheticLatentClasses
 from ssl_norms.grad_scale import grad_scale
@@ -396,12 +393,6 @@ def test_isoloss_under_bf16_autocast_keeps_float32_correlation():
 WORLD_SIZE = 2
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_z(rank: int) -> torch.Tensor:
     return torch.randn(8, 6, generator=torch.Generator().manual_seed(10 + rank)) * (rank + 1)
 
@@ -420,17 +411,7 @@ def _correlation_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_isoloss_correlation_is_averaged_over_ranks(tmp_path):
-    context = mp.start_processes(_correlation_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=False, start_method="spawn")
-    deadline = time.monotonic() + 90
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                pytest.fail("distributed workers did not finish in time")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
+    spawn_ranks(_correlation_worker, str(tmp_path), world_size=WORLD_SIZE, timeout_s=90)
     expected = 0.5 * sum(z.T @ z / len(z) for z in map(_rank_z, range(WORLD_SIZE))) / WORLD_SIZE
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
     assert torch.equal(results[0], results[1])  # every rank holds the same C

@@ -6,7 +6,6 @@ import math
 
 import lightning as L
 import pytest
-import torch
 
 from ssl_norms.data import SyntheticLatentClasses
 from ssl_norms.methods import SimCLR

@@ -11,7 +11,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
 
 
 def epoch_seed(base_seed: int, epoch: int, rank: int) -> int:
