@@ -22,6 +22,7 @@ from typing import Any
 from jsonargparse import Namespace
 
 DEFAULT_PROJECT = "ssl-norms"
+RUN_ID_FILE = "wandb_run_id"  # in the run dir: one W&B run per run dir, across requeues and analyses
 
 
 def wandb_has_credentials() -> bool:
@@ -35,9 +36,9 @@ def run_id(run_dir: Path) -> str:
     """The W&B run id of a run directory (``wandb_run_id``), created once. Every SLURM task of a job
     runs this at the same time: the file is created by linking a finished temporary file, which
     fails for all but the first task, so all tasks, and every requeue, read the same id."""
-    id_file = Path(run_dir) / "wandb_run_id"
+    id_file = Path(run_dir) / RUN_ID_FILE
     if not id_file.exists():
-        candidate = id_file.with_name(f".wandb_run_id.{os.getpid()}.{uuid.uuid4().hex[:6]}")
+        candidate = id_file.with_name(f".{RUN_ID_FILE}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
         candidate.write_text(uuid.uuid4().hex[:12])
         try:
             os.link(candidate, id_file)

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ssl_norms.wandb_setup import DEFAULT_PROJECT, RUN_ID_FILE
+
 
 class AnalysisUnavailable(ValueError):
     """An analysis that cannot run on this data (a missing label file, an unknown image order).
@@ -105,7 +107,7 @@ def write_samples(path: Path, **arrays: Any) -> Path:
 
 def wandb_run_id(run_dir: Path) -> str | None:
     """The W&B run id a training run kept in its directory (see ssl_norms.wandb_setup), if any."""
-    id_file = run_dir / "wandb_run_id"
+    id_file = Path(run_dir) / RUN_ID_FILE
     return id_file.read_text().strip() if id_file.is_file() else None
 
 
@@ -116,8 +118,6 @@ def wandb_project(config: dict[str, Any] | None) -> str:
             project = (logger.get("init_args") or {}).get("project")
             if project:
                 return project
-    from ssl_norms.wandb_setup import DEFAULT_PROJECT
-
     return DEFAULT_PROJECT
 
 
