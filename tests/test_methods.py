@@ -274,6 +274,23 @@ def _iso(**kwargs) -> IsoLoss:
     return IsoLoss(**{"projector_dims": [16, 6], **MLP, **kwargs})
 
 
+def test_isoloss_predictor_is_recomputed_exactly_when_correlation_changes():
+    model = _iso(correlation_tau=0.5)
+    z = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))
+    model.update_correlation(z)
+    first = model.closed_form_predictor()
+    assert model.closed_form_predictor()[0] is first[0]  # unchanged C: no second eigh
+    with torch.inference_mode():
+        inference = model.closed_form_predictor()
+    assert inference[0] is not first[0]  # inference tensors never reach a training graph
+    model.update_correlation(2 * z)
+    updated = model.closed_form_predictor()
+    torch.testing.assert_close(updated[0], isotropic_predictor(model.correlation, model.alpha, model.eps)[0])
+    assert not torch.equal(updated[0], first[0])
+    model.load_state_dict({**model.state_dict(), "correlation": torch.eye(6)})
+    torch.testing.assert_close(model.closed_form_predictor()[0], isotropic_predictor(torch.eye(6), model.alpha, model.eps)[0])
+
+
 def _projector_output(model: IsoLoss, views: list[torch.Tensor]) -> torch.Tensor:
     with torch.no_grad():
         return model.projector(torch.cat(model.encode_views(views)))

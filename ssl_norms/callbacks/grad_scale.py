@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from torch import Tensor
-
 from ssl_norms.grad_scale import grad_scale
-
-
-class LossSpaceGradScale:
-    """The function GradScale registers in ``loss_space_hooks``; a class (not a lambda) so the
-    module stays picklable for spawned processes."""
-
-    def __init__(self, power: float) -> None:
-        self.power = power
-
-    def __call__(self, z: Tensor) -> Tensor:
-        return grad_scale(z, self.power)
-
-    def __repr__(self) -> str:
-        return f"LossSpaceGradScale(power={self.power:g})"
 
 
 class GradScale(Callback):
@@ -43,7 +28,7 @@ class GradScale(Callback):
         if isinstance(power, bool) or not isinstance(power, (int, float)) or not math.isfinite(power):
             raise ValueError(f"GradScale power must be a finite number, got {power!r}")
         self.power = float(power)
-        self.hook = LossSpaceGradScale(self.power)
+        self.hook = functools.partial(grad_scale, power=self.power)  # picklable, unlike a lambda (spawned DDP)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         hooks = getattr(pl_module, "loss_space_hooks", None)

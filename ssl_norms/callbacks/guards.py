@@ -26,13 +26,14 @@ def _where(trainer: L.Trainer) -> str:
 
 
 class NonFiniteGuard(Callback):
-    """Raise ``NonFiniteLossError`` naming the step and the last good checkpoint as soon as the
-    training loss (before backward) or, with ``check_gradients``, any gradient (before the optimizer
-    step) is NaN/inf. Both checks run before the weights change, so the weights in memory and every
-    checkpoint on disk stay finite; nothing is deleted.
+    """Raise ``NonFiniteLossError`` naming the step and the last good checkpoint when a training
+    loss or, with ``check_gradients``, any gradient is NaN/inf. The check runs right before the
+    optimizer step, so the weights in memory and every checkpoint on disk stay finite; nothing is
+    deleted.
 
-    The gradient check is one fused norm over all gradients (one device sync per optimizer step).
-    It is skipped under fp16 loss scaling, whose GradScaler expects and skips inf steps itself.
+    Cost: one device sync per optimizer step. The losses of the step's micro-batches are kept on the
+    device until then and checked together with one fused norm over all gradients. The gradient part
+    is skipped under fp16 loss scaling, whose GradScaler expects and skips inf steps itself.
 
     Args:
         check_gradients: also check the gradients, once per optimizer step.
@@ -40,20 +41,28 @@ class NonFiniteGuard(Callback):
 
     def __init__(self, check_gradients: bool = True) -> None:
         self.check_gradients = check_gradients
+        self._losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses, on the device
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._losses = []  # never carry losses of a step that was not taken into the next epoch
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss).all():
-            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) {_where(trainer)}")
+        self._losses.append(loss.detach())
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
-        if not self.check_gradients or getattr(trainer.precision_plugin, "scaler", None) is not None:
+        losses, self._losses = self._losses, []
+        checks = [torch.isfinite(torch.stack(losses)).all()] if losses else []
+        grads = []
+        if self.check_gradients and getattr(trainer.precision_plugin, "scaler", None) is None:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            total = torch.nn.utils.get_total_norm(grads)
+            checks.append(torch.isfinite(total))
+        if not checks or torch.stack(checks).all():  # the one sync
             return
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
-            return
-        total = torch.nn.utils.get_total_norm(grads)
-        if torch.isfinite(total):
-            return
+        bad_loss = next((loss for loss in losses if not torch.isfinite(loss).all()), None)
+        if bad_loss is not None:
+            raise NonFiniteLossError(f"non-finite loss ({bad_loss.item()}) {_where(trainer)}")
         names = {id(p): n for n, p in pl_module.named_parameters()}
         bad = [names.get(id(p), "?") for g in optimizer.param_groups for p in g["params"]
                if p.grad is not None and not torch.isfinite(p.grad).all()]

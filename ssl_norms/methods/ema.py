@@ -60,8 +60,8 @@ class EMATarget(nn.Module):
     @torch.no_grad()
     def update(self, tau: float) -> None:
         """``target <- tau * target + (1 - tau) * online`` for every parameter, in place."""
-        for target, online in zip(self.network.parameters(), self._online_parameters(), strict=True):
-            target.lerp_(online.detach(), 1.0 - tau)
+        # one fused call instead of a kernel per parameter (this runs every optimizer step)
+        torch._foreach_lerp_(list(self.network.parameters()), self._online_parameters(), 1.0 - tau)
 
     @torch.no_grad()
     def copy_online(self) -> None:

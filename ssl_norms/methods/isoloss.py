@@ -86,15 +86,25 @@ class IsoLoss(EMATargetHooks, SSLMethod):
         self.projector = mlp_head([self.feature_dim, *projector_dims])
         dim = projector_dims[-1]
         self.register_buffer("correlation", torch.zeros(dim, dim))
+        self._predictor_cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
         self.target = EMATarget([self.backbone, self.projector], base_tau, final_tau) if ema_target else None
 
     # ---- closed-form predictor -----------------------------------------------------------------
     def closed_form_predictor(self) -> tuple[Tensor, Tensor]:
-        """``(W_p, W_p^(1/2))`` from the current correlation (float32; W_p^(1/2) unused by DirectPred)."""
-        if self.loss_kind == "directpred":
-            w = directpred_predictor(self.correlation, self.alpha, self.eps)
-            return w, w
-        return isotropic_predictor(self.correlation, self.alpha, self.eps)
+        """``(W_p, W_p^(1/2))`` from the current correlation (float32; W_p^(1/2) unused by DirectPred).
+
+        Cached until C changes (any in-place update, checkpoint load or device move changes the key),
+        so validation and k-NN batches share one eigendecomposition. Inference-mode results are
+        cached apart: they must never reach a training graph."""
+        key = (self.correlation._version, self.correlation.data_ptr(), torch.is_inference_mode_enabled())
+        if self._predictor_cache is None or self._predictor_cache[0] != key:
+            if self.loss_kind == "directpred":
+                w = directpred_predictor(self.correlation, self.alpha, self.eps)
+                predictor = (w, w)
+            else:
+                predictor = isotropic_predictor(self.correlation, self.alpha, self.eps)
+            self._predictor_cache = (key, predictor)
+        return self._predictor_cache[1]
 
     @torch.no_grad()
     def update_correlation(self, z: Tensor) -> None:
