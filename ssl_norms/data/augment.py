@@ -35,8 +35,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 from torchvision.ops import roi_align
+from torchvision.transforms.v2.functional import rgb_to_grayscale as grayscale  # batched: (N, 3, H, W) -> (N, 1, H, W)
 
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
 def batch_generator(rank: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
@@ -107,12 +107,6 @@ def resized_crops(images: Tensor, boxes: Tensor, size: int) -> Tensor:
     top, left, h, w = boxes.to(images.dtype).unbind(1)
     rois = torch.stack([torch.arange(len(images), device=images.device, dtype=images.dtype), left, top, left + w, top + h], 1)
     return roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-
-
-def grayscale(images: Tensor) -> Tensor:
-    """(N, 1, H, W) luma of float RGB images, torchvision's weights."""
-    r, g, b = images.unbind(dim=-3)
-    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(-3)
 
 
 def _per_sample(factor: Tensor) -> Tensor:
