@@ -26,8 +26,9 @@ from argparse import ArgumentError
 import time
 from pathlib import Path
 
-import torch
 from jsonargparse import Namespace
+from lightning.pytorch import Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
@@ -108,29 +109,10 @@ def resolve_resume(cfg: Namespace, run_dir: Path) -> None:
         cfg.ckpt_path = str(found)
 
 
-def _process_count(devices, num_nodes) -> int | None:
-    """Processes a Trainer config asks for, when it says so explicitly (None for 'auto' and the like)."""
-    if isinstance(devices, (list, tuple)):
-        count = len(devices)
-    elif isinstance(devices, int):
-        count = devices
-    elif isinstance(devices, str) and devices.strip().isdigit():
-        count = int(devices)
-    elif isinstance(devices, str) and "," in devices:
-        count = len([d for d in devices.split(",") if d.strip()])
-    else:
-        return None
-    return count * (num_nodes or 1)
-
-
-def check_sync_batchnorm(trainer_cfg: Namespace) -> None:
-    """SyncBatchNorm exists for GPUs only (torch has no CPU kernel): say so before any process starts."""
-    if not trainer_cfg.get("sync_batchnorm"):
-        return
-    accelerator = trainer_cfg.get("accelerator")
-    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
-    processes = _process_count(trainer_cfg.get("devices"), trainer_cfg.get("num_nodes"))
-    if on_cpu and processes is not None and processes > 1:
+def check_sync_batchnorm(trainer: Trainer, requested: bool) -> None:
+    """SyncBatchNorm exists for GPUs only (torch has no CPU kernel): say so before any process starts.
+    Runs on the instantiated Trainer, so Lightning has already resolved accelerator and devices."""
+    if requested and isinstance(trainer.accelerator, CPUAccelerator) and trainer.world_size > 1:
         raise UsageError(
             "--trainer.sync_batchnorm true needs GPUs (torch's SyncBatchNorm has no CPU kernel); for a multi-process "
             "CPU run pass --trainer.sync_batchnorm false (BatchNorm statistics are then per process)"
@@ -191,7 +173,6 @@ class SSLNormsCLI(LightningCLI):
         cfg.trainer.default_root_dir = str(run_dir)
         if self.subcommand == "fit":
             resolve_resume(cfg, run_dir)
-        check_sync_batchnorm(cfg.trainer)
         logger = cfg.trainer.logger
         if logger is None or logger is True:
             logger = []
@@ -215,7 +196,9 @@ class SSLNormsCLI(LightningCLI):
         for default in (NonFiniteGuard, GlobalBatchLog, ReproducibleResume):
             if not any(isinstance(c, default) for c in callbacks):
                 callbacks.append(default())
-        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+        trainer = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+        check_sync_batchnorm(trainer, bool(self.config_init[self.subcommand].trainer.get("sync_batchnorm")))
+        return trainer
 
 
 def _finish_wandb_run() -> None:
