@@ -36,8 +36,10 @@ import ssl_norms.callbacks  # noqa: F401  (makes callback class names resolvable
 from ssl_norms.callbacks import NonFiniteGuard, NonFiniteLossError
 from ssl_norms.callbacks.global_batch import GlobalBatchLog
 from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
+from ssl_norms.commands import COMMANDS, run_command, usage
 from ssl_norms.data import SSLDataModule
 from ssl_norms.methods import SSLMethod
+from ssl_norms.wandb_setup import short_name
 
 RUNS_ENV = "SSL_NORMS_RUNS"
 RUN_DIR_ENV = "SSL_NORMS_RUN_DIR"  # set by the launching process so DDP children share the run dir
@@ -48,12 +50,8 @@ class UsageError(ValueError):
     """A bad command line or config; printed as one line."""
 
 
-def _short_name(class_path: str) -> str:
-    return class_path.rsplit(".", 1)[-1].lower().replace("datamodule", "")
-
-
 def experiment_name(cfg: Namespace) -> str:
-    return f"{_short_name(cfg.model.class_path)}-{_short_name(cfg.data.class_path)}"
+    return f"{short_name(cfg.model.class_path)}-{short_name(cfg.data.class_path)}"
 
 
 def _run_id() -> str:
@@ -232,7 +230,7 @@ def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
             os.environ[RUN_DIR_ENV] = inherited
 
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = tuple(name for name, command in COMMANDS.items() if command.target is None)
 
 # Lines of jsonargparse's report that explain its type machinery rather than the user's mistake.
 _PARSER_NOISE = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Given value", "Problem with given class_path")
@@ -265,28 +263,23 @@ def _known_choices(option: str) -> str:
     return f"; known: {', '.join(names)}"
 
 
-PROJECT_COMMANDS: dict[str, str] = {  # name -> "module:function"; extra commands register here
-    "sweep": "ssl_norms.sweep:main",
-    "slurm": "ssl_norms.slurm:main",
-    "analyze": "ssl_norms.analysis.command:analyze_command",
-    "simulate": "ssl_norms.simulations.command:simulate_command",
-}
-
-
 def main(argv: list[str] | None = None) -> None:
+    """``ssl-norms COMMAND ...``: LightningCLI for fit/validate/test/predict, :mod:`ssl_norms.commands`
+    for the others; bad input is one line on stderr (exit 2; 3 for a non-finite loss)."""
     words = list(sys.argv[1:] if argv is None else argv)
     try:
-        if words and words[0] in PROJECT_COMMANDS:
-            module, function = PROJECT_COMMANDS[words[0]].split(":")
-            getattr(__import__(module, fromlist=[function]), function)(words[1:])
+        if words[:1] in (["-h"], ["--help"]):
+            print(usage())
+        elif words and words[0] in COMMANDS and words[0] not in LIGHTNING_COMMANDS:
+            run_command(words[0], words[1:], run_cli=main)
         elif words and not words[0].startswith("-") and words[0] not in LIGHTNING_COMMANDS:
-            raise UsageError(f"unknown command {words[0]!r}; commands: {', '.join([*LIGHTNING_COMMANDS, *PROJECT_COMMANDS])}")
+            raise UsageError(f"unknown command {words[0]!r}; commands: {', '.join(COMMANDS)}")
         else:
             run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     except (UsageError, NonFiniteLossError, FileNotFoundError, ValueError, ArgumentError) as err:
         if os.environ.get("SSL_NORMS_DEBUG"):
             raise
-        command = next((word for word in words if word in LIGHTNING_COMMANDS), "<command>")
+        command = next((word for word in words if word in COMMANDS), "<command>")
         hint = f" (see `ssl-norms {command} --help`)" if isinstance(err, ArgumentError) else ""
         print(f"ssl-norms: error: {one_line_error(err)}{hint}", file=sys.stderr)
         sys.exit(2 if not isinstance(err, NonFiniteLossError) else 3)

@@ -1,12 +1,17 @@
-"""Cross-rank helpers for losses that need the global batch (e.g. InfoNCE negatives)."""
+"""Cross-rank helpers: the global batch for losses (InfoNCE negatives), rows of unequal length for
+evaluation (k-NN banks, norm statistics), the same buffers on every rank."""
 
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from lightning import LightningModule
 
 
 def world_size() -> int:
@@ -54,3 +59,29 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
         return
     for buffer in module.buffers():
         dist.broadcast(buffer, src)
+
+
+def all_gather_rows(pl_module: LightningModule, tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` (rows may differ in count per rank) from all ranks, in rank order.
+
+    ``LightningModule.all_gather`` needs equal shapes, so rows are padded to the largest count
+    and the padding dropped after the gather. Single process: returns ``tensor`` unchanged.
+    """
+    if pl_module.trainer.world_size == 1:
+        return tensor
+    count = torch.tensor([len(tensor)], device=tensor.device)
+    counts = pl_module.all_gather(count).flatten().tolist()
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[: len(tensor)] = tensor
+    gathered = pl_module.all_gather(padded)  # (world, max_count, ...)
+    return torch.cat([gathered[r, :n] for r, n in enumerate(counts)])
+
+
+def unique_by_index(index: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """Keep the first row of every sample index: distributed samplers repeat samples to pad shards."""
+    order = torch.argsort(index, stable=True)
+    sorted_index = index[order]
+    keep = torch.ones_like(sorted_index, dtype=torch.bool)
+    keep[1:] = sorted_index[1:] != sorted_index[:-1]
+    chosen = order[keep]
+    return (index[chosen], *(t[chosen] for t in tensors))

@@ -1,10 +1,24 @@
-"""Offline evaluation routines (the callbacks call the same functions)."""
+"""Weighted cosine k-NN (Wu et al. 2018): the online k-NN callback and the analyses both vote here."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def _check_vote(k: int, temperature: float) -> None:
+    if k < 1 or temperature <= 0:
+        raise ValueError(f"k-NN needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+
+
+def _vote(sim: Tensor, bank_labels: Tensor, num_classes: int, k: int, temperature: float) -> Tensor:
+    """The label each row of ``sim`` (similarities to the bank) gets from its ``k`` most similar bank
+    points, whose votes are weighted by exp(sim / temperature)."""
+    top, idx = sim.topk(k, dim=1)
+    votes = torch.zeros(len(sim), num_classes, device=sim.device, dtype=top.dtype)
+    votes.scatter_add_(1, bank_labels[idx], (top / temperature).exp())
+    return votes.argmax(dim=1)
 
 
 @torch.no_grad()
@@ -17,11 +31,10 @@ def knn_predict(
     temperature: float = 0.1,
     chunk_size: int = 1024,
 ) -> Tensor:
-    """Weighted cosine k-NN (Wu et al. 2018): predicted labels of ``test_feats``.
+    """Predicted labels of ``test_feats`` from the ``k`` most cosine-similar training points.
 
-    Features are L2-normalised; each test point takes its ``k`` most similar training points, whose
-    votes are weighted by exp(sim / temperature). Test points are processed in chunks so memory is
-    O(chunk_size x n_train), which keeps 50k x 10k on a CPU.
+    Features are L2-normalised; votes are weighted by exp(sim / temperature). Test points are
+    processed in chunks so memory is O(chunk_size x n_train), which keeps 50k x 10k on a CPU.
     """
     if train_feats.ndim != 2 or test_feats.ndim != 2 or train_feats.shape[1] != test_feats.shape[1]:
         raise ValueError(
@@ -29,16 +42,39 @@ def knn_predict(
         )
     if len(train_feats) != len(train_labels):
         raise ValueError(f"{len(train_feats)} training features but {len(train_labels)} labels")
-    if k < 1 or temperature <= 0:
-        raise ValueError(f"knn_predict needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+    _check_vote(k, temperature)
     k = min(k, len(train_feats))
     bank = F.normalize(train_feats.float(), dim=1)
     labels = train_labels.to(bank.device).long()
-    predictions = []
-    for chunk in F.normalize(test_feats.float(), dim=1).split(chunk_size):
-        sim, idx = (chunk.to(bank.device) @ bank.T).topk(k, dim=1)
-        weights = (sim / temperature).exp()
-        votes = torch.zeros(len(chunk), num_classes, device=bank.device, dtype=weights.dtype)
-        votes.scatter_add_(1, labels[idx], weights)
-        predictions.append(votes.argmax(dim=1))
+    predictions = [
+        _vote(chunk.to(bank.device) @ bank.T, labels, num_classes, k, temperature)
+        for chunk in F.normalize(test_feats.float(), dim=1).split(chunk_size)
+    ]
     return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
+
+
+@torch.no_grad()
+def knn_predict_leave_one_out(
+    feats: Tensor, labels: Tensor, num_classes: int, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024
+) -> Tensor:
+    """Predicted label of every row of ``feats`` from its ``k`` most cosine-similar *other* rows
+    (the vote of :func:`knn_predict`).
+
+    A point is excluded by position, not by similarity, so an exact duplicate of it still votes.
+    Memory is O(chunk_size x n).
+    """
+    if feats.ndim != 2 or len(feats) != len(labels):
+        raise ValueError(f"need (N, D) features and N labels, got {tuple(feats.shape)} and {tuple(labels.shape)}")
+    if len(feats) < 2:
+        raise ValueError("leave-one-out k-NN needs at least 2 points")
+    _check_vote(k, temperature)
+    k = min(k, len(feats) - 1)
+    bank = F.normalize(feats.float(), dim=1)
+    labels = labels.to(bank.device).long()
+    predictions = []
+    for start in range(0, len(bank), chunk_size):
+        sim = bank[start : start + chunk_size] @ bank.T
+        rows = torch.arange(len(sim), device=bank.device)
+        sim[rows, start + rows] = -torch.inf  # a point is never its own neighbour
+        predictions.append(_vote(sim, labels, num_classes, k, temperature))
+    return torch.cat(predictions)

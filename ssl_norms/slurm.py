@@ -1,42 +1,44 @@
-"""``ssl-norms slurm``: submit the sbatch templates in ``slurm/`` and print what they would run.
+"""``ssl-norms slurm``: submit the sbatch templates in ``ssl_norms/sbatch/`` and print what they would run.
 
-Three templates, all of which start one process per GPU with ``srun`` (``--ntasks-per-node`` =
-GPUs per node) so that Lightning's SLURMEnvironment sets up DDP, and all of which run
-``python -m ssl_norms.cli slurm task ...`` in each task, so that the job's command is built by
-:func:`task_argv`, the same code the dry-run prints from:
+Three templates, shipped with the package, all of which start one process per GPU with ``srun``
+(``--ntasks-per-node`` = GPUs per node) so that Lightning's SLURMEnvironment sets up DDP, and all
+of which run ``python -m ssl_norms.cli slurm task ...`` in each task, so that the job's command is
+built by :func:`task_argv`, the same code the dry-run prints from:
 
-* ``slurm/single_node.sbatch``: one node, several GPUs;
-* ``slurm/multi_node.sbatch``: several nodes;
-* ``slurm/array.sbatch``: one point of a sweep file (see :mod:`ssl_norms.sweep`) per array index.
+* ``single_node.sbatch``: one node, several GPUs;
+* ``multi_node.sbatch``: several nodes;
+* ``array.sbatch``: one point of a sweep file (see :mod:`ssl_norms.sweep`) per array index.
 
 Preemption: ``#SBATCH --signal=SIGUSR1@90`` makes SLURM signal the job 90 s before its time limit;
-Lightning's ``SLURMEnvironment(auto_requeue=True)`` (``configs/ddp/slurm.yaml``) then saves
-``hpc_ckpt_<n>.ckpt`` in the run dir and requeues the job. The requeued job has the same job id
-(and array task id), hence the same run dir, the same W&B run id, and ``fit`` resumes from the
-newest checkpoint because ``SLURM_RESTART_COUNT`` > 0 (see :mod:`ssl_norms.cli`). Callback states
-come back with the checkpoint, so CutInit is not applied again.
+Lightning's ``SLURMEnvironment(auto_requeue=True)`` (``ssl_norms/sbatch/slurm.yaml``, added to every
+task's fit) then saves ``hpc_ckpt_<n>.ckpt`` in the run dir and requeues the job. The requeued job
+has the same job id (and array task id), hence the same run dir, the same W&B run id, and ``fit``
+resumes from the newest checkpoint because ``SLURM_RESTART_COUNT`` > 0 (see :mod:`ssl_norms.cli`).
+Callback states come back with the checkpoint, so CutInit is not applied again.
 
 Commands::
 
-    ssl-norms slurm array SWEEP_FILE [--template T] [--runs DIR] [--dry-run] [-- FIT_ARGS...]
-    ssl-norms slurm fit [--nodes N] [--template T] [--dry-run] -- FIT_ARGS...
+    ssl-norms slurm array SWEEP_FILE [--template T] [--runs DIR] [--dry_run] [-- FIT_ARGS...]
+    ssl-norms slurm fit [--nodes N] [--template T] [--dry_run] -- FIT_ARGS...
     ssl-norms slurm task [SWEEP_FILE] [-- FIT_ARGS...]     (what srun runs inside a job)
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = REPO / "slurm"
-SLURM_CONFIG = REPO / "configs" / "ddp" / "slurm.yaml"
+from ssl_norms.commands import Subcommands
+from ssl_norms.sweep import sweep_points
+
+TEMPLATES = Path(__file__).with_name("sbatch")
+SLURM_CONFIG = TEMPLATES / "slurm.yaml"
 TASK_COMMAND = ["python", "-m", "ssl_norms.cli", "slurm", "task"]
 
 
@@ -87,8 +89,6 @@ def task_argv(fit_args: list[str], nodes: int, tasks_per_node: int, sweep_file: 
     extra = [*fit_args, *slurm_fit_args(nodes, tasks_per_node)]
     if sweep_file is None:
         return ["fit", *extra]
-    from ssl_norms.sweep import sweep_points
-
     points = sweep_points(sweep_file, runs)
     if index is None or not 0 <= index < len(points):
         raise ValueError(f"array index {index} is out of range: {sweep_file} has {len(points)} points (0-{len(points) - 1})")
@@ -98,7 +98,7 @@ def task_argv(fit_args: list[str], nodes: int, tasks_per_node: int, sweep_file: 
 def _env_int(name: str) -> int:
     value = os.environ.get(name, "")
     if not value.isdigit():
-        raise ValueError(f"${name} is not set: `ssl-norms slurm task` runs inside an sbatch job (see slurm/*.sbatch)")
+        raise ValueError(f"${name} is not set: `ssl-norms slurm task` runs inside an sbatch job (see {TEMPLATES})")
     return int(value)
 
 
@@ -110,34 +110,8 @@ def _tasks_per_node() -> int:
     return _env_int("SLURM_NTASKS") // max(1, _env_int("SLURM_NNODES"))
 
 
-def run_task(argv: list[str]) -> None:
-    """Inside a job: build this task's fit from the SLURM environment and run it in-process."""
-    from ssl_norms.cli import main as cli_main
-
-    words, fit_args = _split_extra(argv)
-    parser = argparse.ArgumentParser(prog="ssl-norms slurm task")
-    parser.add_argument("sweep_file", nargs="?", default=None)
-    parser.add_argument("--runs", default=None)
-    args = parser.parse_args(words)
-    index = _env_int("SLURM_ARRAY_TASK_ID") if args.sweep_file else None
-    command = task_argv(fit_args, _env_int("SLURM_NNODES"), _tasks_per_node(), args.sweep_file, index, args.runs)
-    if os.environ.get("SLURM_PROCID", "0") == "0":
-        print(f"ssl-norms slurm task (job {os.environ.get('SLURM_JOB_ID')}, restart "
-              f"{os.environ.get('SLURM_RESTART_COUNT', '0')}): {shlex.join(['ssl-norms', *command])}", flush=True)
-    cli_main(command)
-
-
-def _split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
-    if "--" in argv:
-        cut = argv.index("--")
-        return argv[:cut], argv[cut + 1:]
-    return argv, []
-
-
 def array_plan(sweep_file: str, template: str, runs: str | None, fit_args: list[str]) -> tuple[list[str], list[tuple[int, str, list[str]]]]:
     """The ``sbatch`` command of an array over a sweep file, and per index (index, values, ssl-norms argv)."""
-    from ssl_norms.sweep import sweep_points
-
     points = sweep_points(sweep_file, runs)
     nodes, tasks = layout(sbatch_directives(template))
     sbatch = ["sbatch", f"--array=0-{len(points) - 1}", _display_path(template), sweep_file]
@@ -155,44 +129,59 @@ def _submit(sbatch: list[str]) -> None:
     sys.exit(subprocess.call(sbatch))
 
 
-def main(argv: list[str]) -> None:
-    """``ssl-norms slurm (array | fit | task) ...`` (see the module docstring)."""
-    words, fit_args = _split_extra(list(argv))
-    if words[:1] == ["task"]:
-        run_task(list(argv)[1:])
-        return
-    parser = argparse.ArgumentParser(prog="ssl-norms slurm", description="Submit ssl-norms jobs with the sbatch templates in slurm/.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    array = sub.add_parser("array", help="one sweep point per array index (arguments after -- go to every fit)")
-    array.add_argument("sweep_file")
-    array.add_argument("--template", default=str(TEMPLATES / "array.sbatch"))
-    array.add_argument("--runs", default=None, help="runs root of the sweep's run dirs (default $SSL_NORMS_RUNS or ./runs)")
-    array.add_argument("--dry-run", action="store_true", help="print the sbatch command and every index's fit command")
-    fit = sub.add_parser("fit", help="one fit on one or more nodes (arguments after -- are the fit's)")
-    fit.add_argument("--nodes", type=int, default=1, help="1: slurm/single_node.sbatch, more: slurm/multi_node.sbatch")
-    fit.add_argument("--template", default=None)
-    fit.add_argument("--dry-run", action="store_true", help="print the sbatch command and the fit every task runs")
-    sub.add_parser("task", help="run inside a job by srun (the templates call it)")
-    args = parser.parse_args(words)
+def array(sweep_file: str, *, template: str | None = None, runs: str | None = None, dry_run: bool = False,
+          fit_args: Sequence[str] = ()) -> None:
+    """One sweep point per array index; arguments after ``--`` go to every point's fit.
 
-    if args.command == "array":
-        sbatch, plan = array_plan(args.sweep_file, args.template, args.runs, fit_args)
-        if not args.dry_run:
-            _submit(sbatch)
-        print(f"# {shlex.join(sbatch)}")
-        print(f"# each array task runs: srun {shlex.join(TASK_COMMAND)} {args.sweep_file}  (index = $SLURM_ARRAY_TASK_ID), i.e.")
-        for index, values, command in plan:
-            print(f"[{index}] {values}: {shlex.join(['ssl-norms', *command])}")
-        return
-
-    if args.nodes < 1:
-        raise ValueError(f"--nodes must be >= 1, got {args.nodes}")
-    template = args.template or str(TEMPLATES / ("single_node.sbatch" if args.nodes == 1 else "multi_node.sbatch"))
-    directives = sbatch_directives(template)
-    _, tasks = layout(directives)
-    sbatch = ["sbatch", f"--nodes={args.nodes}", _display_path(template), *fit_args]
-    if not args.dry_run:
+    Args:
+        sweep_file: sweep YAML file (see ssl_norms.sweep)
+        template: sbatch template (default: the package's array.sbatch)
+        runs: runs root of the sweep's run dirs (default $SSL_NORMS_RUNS or ./runs)
+        dry_run: print the sbatch command and every index's fit command instead of submitting
+    """
+    sbatch, plan = array_plan(sweep_file, template or str(TEMPLATES / "array.sbatch"), runs, list(fit_args))
+    if not dry_run:
         _submit(sbatch)
     print(f"# {shlex.join(sbatch)}")
-    print(f"# every task ({args.nodes} node(s) x {tasks} per node) runs: srun {shlex.join(TASK_COMMAND)} -- ..., i.e.")
-    print(shlex.join(["ssl-norms", *task_argv(fit_args, args.nodes, tasks)]))
+    print(f"# each array task runs: srun {shlex.join(TASK_COMMAND)} {sweep_file}  (index = $SLURM_ARRAY_TASK_ID), i.e.")
+    for index, values, command in plan:
+        print(f"[{index}] {values}: {shlex.join(['ssl-norms', *command])}")
+
+
+def fit(*, nodes: int = 1, template: str | None = None, dry_run: bool = False, fit_args: Sequence[str] = ()) -> None:
+    """One fit on one or more nodes; the arguments after ``--`` are the fit's.
+
+    Args:
+        nodes: nodes of the job (1: the package's single_node.sbatch, more: multi_node.sbatch)
+        template: sbatch template (default chosen by --nodes)
+        dry_run: print the sbatch command and the fit every task runs instead of submitting
+    """
+    if nodes < 1:
+        raise ValueError(f"--nodes must be >= 1, got {nodes}")
+    template = template or str(TEMPLATES / ("single_node.sbatch" if nodes == 1 else "multi_node.sbatch"))
+    _, tasks = layout(sbatch_directives(template))
+    sbatch = ["sbatch", f"--nodes={nodes}", _display_path(template), *fit_args]
+    if not dry_run:
+        _submit(sbatch)
+    print(f"# {shlex.join(sbatch)}")
+    print(f"# every task ({nodes} node(s) x {tasks} per node) runs: srun {shlex.join(TASK_COMMAND)} -- ..., i.e.")
+    print(shlex.join(["ssl-norms", *task_argv(list(fit_args), nodes, tasks)]))
+
+
+def task(sweep_file: str | None = None, *, runs: str | None = None, fit_args: Sequence[str] = (),
+         run_cli: Callable[[list[str]], None]) -> None:
+    """Inside a job (srun runs it): build this task's fit from the SLURM environment and run it here.
+
+    Args:
+        sweep_file: with a sweep file, the point of index $SLURM_ARRAY_TASK_ID
+        runs: runs root of the sweep's run dirs (default $SSL_NORMS_RUNS or ./runs)
+    """
+    index = _env_int("SLURM_ARRAY_TASK_ID") if sweep_file else None
+    command = task_argv(list(fit_args), _env_int("SLURM_NNODES"), _tasks_per_node(), sweep_file, index, runs)
+    if os.environ.get("SLURM_PROCID", "0") == "0":
+        print(f"ssl-norms slurm task (job {os.environ.get('SLURM_JOB_ID')}, restart "
+              f"{os.environ.get('SLURM_RESTART_COUNT', '0')}): {shlex.join(['ssl-norms', *command])}", flush=True)
+    run_cli(command)
+
+
+COMMAND = Subcommands({"array": array, "fit": fit, "task": task})

@@ -26,21 +26,20 @@ array index and a local loop map to the same directory, and running a point whos
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
 import re
 import shlex
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ssl_norms.cli import RUNS_ENV
-
+RUNS_ENV = "SSL_NORMS_RUNS"
 TOP_LEVEL_KEYS = {"name", "config", "fixed", "grid", "points", "description"}
 SPECIAL_KEYS = {"label", "config"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -109,6 +108,14 @@ def _safe(text: str) -> str:
     return _UNSAFE.sub("-", text).strip("-") or "x"
 
 
+def _explicit_label(text: str, where: str) -> str:
+    """A ``label`` given in the sweep file, made safe as a run-dir name. Empty, dots-only and path
+    labels are refused: they would put the run outside its own directory."""
+    if not text.strip() or not _safe(text).strip(".") or "/" in text or "\\" in text:
+        raise ValueError(f"{where}: label {text!r} must name one directory (not empty, '.', '..' or a path)")
+    return _safe(text)
+
+
 def _as_list(value: Any, what: str) -> list[str]:
     if value is None:
         return []
@@ -126,14 +133,17 @@ class _Entry:
             self.configs = _as_list(value.get("config"), f"{where}: 'config'")
             self.overrides = {str(k): v for k, v in value.items() if k not in SPECIAL_KEYS}
             label = value.get("label")
-            if label is None:
+            if label is not None:
+                label = _explicit_label(str(label), where)
+            else:
                 scalars = [f"{_short(k)}={_format(v)}" for k, v in self.overrides.items() if not isinstance(v, (dict, list))]
                 if len(scalars) != len(self.overrides):
                     raise ValueError(f"{where} sets a list or mapping override: give it a 'label' to name its run dir")
                 label = "_".join(scalars) or "_".join(Path(c).stem for c in self.configs)
                 if not label:
                     raise ValueError(f"{where} is empty: give it a 'label' (e.g. 'default')")
-            self.label = _safe(str(label))
+                label = _safe(label)
+            self.label = label
             self.shown = self.label
         elif isinstance(value, list):
             raise ValueError(f"{where} is a list; an axis value must be a scalar or a mapping of overrides")
@@ -158,7 +168,7 @@ def _load(path: Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"sweep file {path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_LEVEL_KEYS)}")
     name = spec.get("name")
-    if not isinstance(name, str) or _safe(name) != name:
+    if not isinstance(name, str) or _safe(name) != name or not name.strip("."):
         raise ValueError(f"sweep file {path} needs a 'name' of letters, digits, '.', '_', '=', '+' or '-', got {name!r}")
     return spec
 
@@ -201,6 +211,8 @@ def sweep_points(path: str | os.PathLike, runs_root: str | os.PathLike | None = 
     points, seen = [], {}
     for index, (values, entries) in enumerate(combos):
         label = "_".join(e.label for e in entries) or "base"
+        if not label.strip("."):
+            raise ValueError(f"sweep file {path}: point {index} has the run dir label {label!r}; give it a 'label'")
         if label in seen:
             raise ValueError(f"sweep file {path}: points {seen[label]} and {index} share the run dir label {label!r}; give them distinct labels")
         seen[label] = index
@@ -219,7 +231,7 @@ def sweep_points(path: str | os.PathLike, runs_root: str | os.PathLike | None = 
 
 
 def _parse_indices(words: list[str], count: int) -> list[int]:
-    """``3``, ``0-3`` and ``1,5`` forms; every index must be in range."""
+    """``3``, ``0-3`` and ``1,5`` forms; every index must be in range and a range must not be empty."""
     indices: list[int] = []
     for word in ",".join(words).split(","):
         if not word:
@@ -228,68 +240,80 @@ def _parse_indices(words: list[str], count: int) -> list[int]:
         if not match:
             raise ValueError(f"--index takes numbers, ranges such as 0-3 or lists such as 1,5; got {word!r}")
         low, high = int(match[1]), int(match[2] or match[1])
+        if high < low:
+            raise ValueError(f"--index {word}: a range runs from low to high (e.g. {high}-{low})")
         indices += range(low, high + 1)
+    if not indices:
+        raise ValueError("--index names no point; give numbers, ranges such as 0-3 or lists such as 1,5")
     bad = [i for i in indices if not 0 <= i < count]
     if bad:
         raise ValueError(f"--index {bad[0]} is out of range: the sweep has {count} points (0-{count - 1}); see --list")
     return indices
 
 
-def run_point(point: SweepPoint, extra_args: list[str] | tuple[str, ...] = ()) -> None:
-    """Run one point in this process through the ``ssl-norms`` entry point (resuming if possible)."""
-    from ssl_norms.cli import main
-
+def run_point(point: SweepPoint, run_cli: Callable[[list[str]], None], extra_args: Sequence[str] = ()) -> None:
+    """Run one point through ``run_cli`` (the ``ssl-norms`` entry point), resuming if possible."""
     for config in point.configs:
         if not Path(config).is_file():
             raise FileNotFoundError(f"sweep point {point.index} ({point.label}): config file {config} does not exist")
     resume = point.last_checkpoint.exists()
     print(f"sweep {point.sweep} point {point.index} ({point.label}){' resuming' if resume else ''}: "
           f"{shlex.join(point.command(extra_args, resume))}", flush=True)
-    main(point.fit_args(extra_args, resume))
+    run_cli(point.fit_args(extra_args, resume))
 
 
-def main(argv: list[str]) -> None:
-    """``ssl-norms sweep FILE (--list | --count | --index I | --all) [--runs DIR] [--dry-run] [-- FIT_ARGS...]``."""
-    argv = list(argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
-    parser = argparse.ArgumentParser(
-        prog="ssl-norms sweep",
-        description="List or run the points of a sweep file (see configs/paper/README.md). "
-        "Arguments after `--` are appended to every point's `ssl-norms fit` command (e.g. CPU-scale overrides).",
-    )
-    parser.add_argument("file", help="sweep YAML file")
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--list", action="store_true", help="print index, values and the exact fit command of every point")
-    action.add_argument("--count", action="store_true", help="print the number of points (for --array=0-$((N-1)))")
-    action.add_argument("--index", nargs="+", metavar="I", help="run point(s) I: 3, 0-3 or 1,5 (e.g. $SLURM_ARRAY_TASK_ID)")
-    action.add_argument("--all", action="store_true", help="run every point in order")
-    parser.add_argument("--runs", default=None, help=f"runs root (default ${RUNS_ENV} or ./runs); run dirs are RUNS/<name>/<label>")
-    parser.add_argument("--dry-run", action="store_true", help="with --index/--all: print the commands instead of running them")
-    args = parser.parse_args(argv)
+def sweep(
+    file: str,
+    *,
+    list_: bool = False,
+    count: bool = False,
+    index: list[str] | None = None,
+    all_: bool = False,
+    runs: str | None = None,
+    dry_run: bool = False,
+    fit_args: Sequence[str] = (),
+    run_cli: Callable[[list[str]], None],
+) -> None:
+    """List or run the points of a sweep file (see configs/paper/README.md).
 
-    points = sweep_points(args.file, args.runs)
-    if args.count:
+    Arguments after ``--`` are appended to every point's ``ssl-norms fit`` command (e.g. CPU-scale
+    overrides). A single point that fails exits with the fit's own code; with several, the others
+    still run and the command exits 1 naming the failed ones.
+
+    Args:
+        file: sweep YAML file
+        list_: print index, values and the exact fit command of every point
+        count: print the number of points (for --array=0-$((N-1)))
+        index: run point(s) I: 3, 0-3 or 1,5 (e.g. $SLURM_ARRAY_TASK_ID)
+        all_: run every point in order
+        runs: runs root (default $SSL_NORMS_RUNS or ./runs); run dirs are RUNS/<name>/<label>
+        dry_run: with --index/--all, print the commands instead of running them
+        fit_args: arguments for every point's fit (the words after ``--``)
+        run_cli: the ``ssl-norms`` entry point, which runs each point's fit
+    """
+    actions = [flag for flag, given in (("--list", list_), ("--count", count), ("--index", index is not None), ("--all", all_)) if given]
+    if len(actions) != 1:
+        raise ValueError(f"give one of --list, --count, --index I, --all (got {' '.join(actions) or 'none'})")
+    points = sweep_points(file, runs)
+    if count:
         print(len(points))
         return
-    if args.list:
+    if list_:
         for point in points:
-            print(f"{point.index}\t{point.describe()}\t{shlex.join(point.command(extra))}")
+            print(f"{point.index}\t{point.describe()}\t{shlex.join(point.command(fit_args))}")
         return
-    chosen = [points[i] for i in (range(len(points)) if args.all else _parse_indices(args.index, len(points)))]
-    if args.dry_run:
+    chosen = [points[i] for i in (range(len(points)) if all_ else _parse_indices(index, len(points)))]
+    if dry_run:
         for point in chosen:
-            print(shlex.join(point.command(extra)))
+            print(shlex.join(point.command(fit_args)))
         return
     if len(chosen) == 1:
-        run_point(chosen[0], extra)  # a failure exits with the fit's own code (SLURM sees it)
+        run_point(chosen[0], run_cli, fit_args)  # a failure exits with the fit's own code (SLURM sees it)
         return
     failed = []
     for point in chosen:  # a local loop: one diverging point does not stop the others
         try:
-            run_point(point, extra)
+            run_point(point, run_cli, fit_args)
         except SystemExit as stop:
             if stop.code not in (0, None):
                 failed.append(f"{point.index} ({point.label}, exit {stop.code})")

@@ -49,7 +49,8 @@ def run_id(run_dir: Path) -> str:
     return id_file.read_text().strip()
 
 
-def _short_name(class_path: str) -> str:
+def short_name(class_path: str) -> str:
+    """``ssl_norms.data.CIFAR10DataModule`` -> ``cifar10``: the method and data parts of run names."""
     return class_path.rsplit(".", 1)[-1].lower().replace("datamodule", "")
 
 
@@ -74,8 +75,8 @@ def _fmt(value: Any) -> str:
 
 def run_labels(cfg: Namespace, run_dir: Path) -> dict[str, Any]:
     """W&B ``project``, ``group``, ``name`` and ``tags`` of a fit config and its run directory."""
-    method = _short_name(cfg.model.class_path) if cfg.get("model") else "model"
-    data = _short_name(cfg.data.class_path) if cfg.get("data") else "data"
+    method = short_name(cfg.model.class_path) if cfg.get("model") else "model"
+    data = short_name(cfg.data.class_path) if cfg.get("data") else "data"
     experiment = f"{method}-{data}"
     tags = [f"method={method}", f"data={data}"]
     model_args = cfg.model.get("init_args") if cfg.get("model") else None

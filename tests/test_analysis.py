@@ -194,7 +194,10 @@ def test_opposite_pairs_table_from_the_monitor_logs(tmp_path):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["analyze", "fig99"], "unknown analysis 'fig99'"),
+        (["analyze", "fig99"], "invalid choice: 'fig99'"),
+        (["analyze", "knn_by_norm", "--split", "val"], "--split: Expected a typing.Literal['train', 'test']. Got value: val"),
+        (["analyze", "fig4_left", "--k", "many"], "Expected a <class 'int'>. Got value: many"),
+        (["analyze", "curves", "--k", "3"], "unrecognized arguments: --k 3"),
         (["analyze", "knn_by_norm"], "needs --ckpt"),
         (["analyze", "curves", "--runs", "nowhere"], "no metrics.csv"),
         (["analyze", "knn_by_norm", "--ckpt", "x.ckpt"], "no run config"),

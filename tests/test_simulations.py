@@ -9,17 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 
 from ssl_norms.simulations import SIMULATIONS, run_simulation, simulation_params
-from ssl_norms.simulations.aparametric import (
-    cos_change,
-    cosine_grad,
-    exact_cos_change,
-    fig2a,
-    theory_checks,
-    thm34_bound,
-)
-from ssl_norms.simulations.parametric import fig2b, fig2c, knn_cosine_distance, spearman, supcon_loss
+from ssl_norms.simulations.aparametric import cos_change, cosine_grad, exact_cos_change, fig2a, thm34_bound
+from ssl_norms.simulations.parametric import fig2b, fig2c, knn_cosine_distance, supcon_loss
+from ssl_norms.simulations.theory import theory_checks
 
 # ------------------------------------------------------------------------------------------
 # Theory (Prop. 3.1, Thm. 3.4, Cor. 3.3)
@@ -116,12 +111,12 @@ def test_fig2a_steps_increase_with_norm_and_angle(fig2a_small):
 
 def test_fig2a_matches_plain_autograd_gradient_descent():
     """The vectorised closed-form loop equals torch autograd GD on -mean cos for one cell."""
-    from ssl_norms.simulations.aparametric import _random_unit
+    from ssl_norms.simulations.aparametric import random_unit
 
     n_pairs, dim, lr, norm, a = 40, 20, 10.0, 2.0, -0.5
     g = torch.Generator().manual_seed(3)
-    x1 = _random_unit(n_pairs, dim, g)
-    x2 = _random_unit(n_pairs, dim, g)
+    x1 = random_unit(n_pairs, dim, g)
+    x2 = random_unit(n_pairs, dim, g)
     z = (norm * F.normalize(x2 * (1 - abs(a)) + x1 * a, dim=-1)).requires_grad_(True)
     opt = torch.optim.SGD([z], lr=lr)
     steps = None
@@ -160,7 +155,6 @@ def test_supcon_loss_and_knn_helpers():
     torch.testing.assert_close(supcon_loss(z * torch.tensor([[5.0], [0.1], [2.0], [7.0]]), y, 0.1), good)
     d = knn_cosine_distance(z, k=1)
     assert d.shape == (4,) and (d >= 0).all() and d[0] < 0.01
-    assert spearman(np.array([1, 2, 3.0]), np.array([10, 20, 15.0])) == pytest.approx(0.5)
 
 
 def test_fig2b_norm_anticorrelates_with_knn_distance():
@@ -194,7 +188,7 @@ def test_fig2c_frequency_effect_across_seeds():
     finals = np.array([fig2c(seed=s).numbers["final_mean_norm_per_class"] for s in range(1, 5)])
     assert (finals[:, 0] > finals[:, -1]).all()
     assert (finals[:, 0] > finals[:, 1:].mean(1)).all()
-    assert np.mean([spearman(np.array([8, 4, 2, 1.0]), f) for f in finals]) > 0.5
+    assert np.mean([spearmanr([8, 4, 2, 1.0], f).statistic for f in finals]) > 0.5
 
 
 # ------------------------------------------------------------------------------------------
@@ -203,7 +197,7 @@ def test_fig2c_frequency_effect_across_seeds():
 
 
 def test_run_simulation_writes_outputs(tmp_path):
-    res = run_simulation("fig2a", tmp_path / "out", norms="0.5,1", interps=[-0.5, 0.5], num_pairs=20, max_steps="2000")
+    res = run_simulation("fig2a", tmp_path / "out", norms=[0.5, 1], interps=[-0.5, 0.5], num_pairs=20, max_steps=2000)
     png, js, csv = (tmp_path / "out" / f"fig2a.{ext}" for ext in ("png", "json", "csv"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     on_disk = json.loads(js.read_text())
@@ -225,10 +219,10 @@ def test_run_simulation_theory_and_parametric_outputs(tmp_path):
 def test_run_simulation_rejects_unknown_names_and_overrides(tmp_path):
     with pytest.raises(ValueError, match="fig2a, theory_checks, fig2b, fig2c"):
         run_simulation("fig9", tmp_path)
-    with pytest.raises(ValueError, match="unknown override"):
+    with pytest.raises(ValueError, match="unknown setting"):
         run_simulation("fig2a", tmp_path, nonsense=1)
-    with pytest.raises(ValueError, match="expected an integer"):
-        run_simulation("fig2a", tmp_path, max_steps=1.5)
+    with pytest.raises(ValueError, match="norms must be positive"):
+        run_simulation("fig2a", tmp_path, norms=[-1.0])
     assert not any(tmp_path.iterdir())
 
 
@@ -298,7 +292,7 @@ def test_simulate_fig2b_from_the_command_line(tmp_path, capsys):
     assert len(rows) == 4 * 150 and {"norm", "knn_cos_distance", "label"} <= set(rows[0])
     norms = np.array([float(r["norm"]) for r in rows])
     knn = np.array([float(r["knn_cos_distance"]) for r in rows])
-    assert n["spearman_norm_vs_knn"] == pytest.approx(spearman(norms, knn), abs=1e-6)
+    assert n["spearman_norm_vs_knn"] == pytest.approx(spearmanr(norms, knn).statistic, abs=1e-6)
     assert n["norm_mean"] == pytest.approx(norms.mean(), rel=1e-6)
     assert f"{n['spearman_norm_vs_knn']:+.3f}" in printed
 
@@ -315,14 +309,17 @@ def test_simulate_fig2c_from_the_command_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["simulate", "fig9"], "unknown simulation 'fig9'; choose one of: fig2a, theory_checks, fig2b, fig2c, all"),
-        (["simulate"], "name a simulation"),
-        (["simulate", "fig2a", "--nonsense", "1"], "unknown override(s) for fig2a: nonsense"),
-        (["simulate", "fig2a", "--max_steps", "1.5"], "override max_steps=1.5: expected an integer"),
-        (["simulate", "fig2a", "--lr", "fast"], "override lr='fast': expected a number"),
-        (["simulate", "fig2a", "--num_pairs"], "--num_pairs needs a value"),
-        (["simulate", "fig2a", "stray"], "unexpected argument 'stray'"),
-        (["simulate", "all", "--seed", "1"], "overrides apply to one simulation"),
+        (["simulate", "fig9"], "invalid choice: 'fig9' (choose from 'fig2a', 'theory_checks', 'fig2b', 'fig2c', 'all')"),
+        (["simulate"], "name a simulation: fig2a, theory_checks, fig2b, fig2c or all"),
+        (["simulate", "fig2a", "--nonsense", "1"], "unrecognized arguments: --nonsense 1"),
+        (["simulate", "fig2a", "--max_steps", "1.5"], "--max_steps: Expected a <class 'int'>. Got value: 1.5"),
+        (["simulate", "fig2a", "--lr", "fast"], "--lr: Expected a <class 'float'>. Got value: fast"),
+        (["simulate", "fig2a", "--norms", "1,fast"], "argument --norms: expected numbers, got 'fast'"),
+        (["simulate", "fig2a", "--num_pairs"], "argument --num_pairs: expected one argument"),
+        (["simulate", "fig2a", "stray"], "unrecognized arguments: stray"),
+        (["simulate", "all", "--seed", "1"], "unrecognized arguments: --seed 1"),
+        (["simulate", "fig2a", "--norms", "-1"], "norms must be positive"),
+        (["simulate", "fig2a", "--", "x"], "ssl-norms simulate takes no arguments after --"),
     ],
 )
 def test_simulate_bad_input_is_one_line(args, expected, tmp_path, capsys):

@@ -7,8 +7,11 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,7 @@ TEMPLATES = ["single_node.sbatch", "multi_node.sbatch", "array.sbatch"]
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_templates_run_one_srun_task_per_gpu_with_requeue_signal(name):
-    template = REPO / "slurm" / name
+    template = slurm.TEMPLATES / name
     directives = slurm.sbatch_directives(template)
     assert directives["signal"] == "SIGUSR1@90"
     assert "requeue" in directives
@@ -60,8 +63,7 @@ def test_table1_array_dry_run_prints_16_commands_in_grid_order(capsys):
         runs = Path(os.environ["SSL_NORMS_RUNS"])  # the tests' runs root (conftest)
         assert f"--run_dir={runs / 'table1-simclr-cifar100' / f'c{c}_weight_decay={wd:g}'}" in argv
         # every task runs under SLURM's DDP/requeue config, one GPU each (the array template's layout)
-        assert argv[argv.index("--config", argv.index("--model.init_args.weight_decay=" + f"{wd:g}")) + 1].endswith(
-            "configs/ddp/slurm.yaml")
+        assert argv[argv.index("--config", argv.index("--model.init_args.weight_decay=" + f"{wd:g}")) + 1] == str(slurm.SLURM_CONFIG)
         assert argv[-3:] == ["--trainer.num_nodes=1", "--trainer.devices=1", argv[-1]]
         assert argv[2:4] == ["--config", str(REPO / "configs" / "simclr" / "cifar100.yaml")]
 
@@ -72,11 +74,10 @@ def test_each_array_index_runs_its_sweep_point(index, capsys, monkeypatch):
     printed = _dry_run_lines(capsys, ["slurm", "array", str(TABLE1), "--dry-run"])
     expected = shlex.split(printed[2 + index].split(": ", 1)[1])[1:]
     ran = []
-    monkeypatch.setattr("ssl_norms.cli.main", lambda argv: ran.append(argv))
     for name, value in {"SLURM_ARRAY_TASK_ID": str(index), "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "1",
                         "SLURM_JOB_ID": "77", "SLURM_PROCID": "0"}.items():
         monkeypatch.setenv(name, value)
-    slurm.main(["task", str(TABLE1)])
+    slurm.task(str(TABLE1), run_cli=ran.append)
     assert ran == [expected]
     assert ran[0][:-5] == sweep_points(TABLE1)[index].fit_args()[:-1]  # the point's own args, then the SLURM ones
 
@@ -90,7 +91,7 @@ def test_multi_node_dry_run_takes_the_layout_from_the_template(capsys):
 
 
 def test_slurm_config_turns_on_lightning_auto_requeue_and_sync_batchnorm():
-    config = yaml.safe_load((REPO / "configs" / "ddp" / "slurm.yaml").read_text())["trainer"]
+    config = yaml.safe_load(slurm.SLURM_CONFIG.read_text())["trainer"]
     assert config["strategy"] == "ddp" and config["sync_batchnorm"] is True
     (plugin,) = config["plugins"]
     assert plugin["class_path"] == "lightning.pytorch.plugins.environments.SLURMEnvironment"
@@ -120,7 +121,7 @@ def test_array_index_out_of_range_names_the_sweep_size(monkeypatch):
     for name, value in {"SLURM_ARRAY_TASK_ID": "16", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "1"}.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match="has 16 points"):
-        slurm.main(["task", str(TABLE1)])
+        slurm.task(str(TABLE1), run_cli=pytest.fail)
 
 
 def test_requeued_job_resumes_its_run_with_the_same_wandb_id_and_no_second_cut(tmp_path):
@@ -149,3 +150,38 @@ def test_requeued_job_resumes_its_run_with_the_same_wandb_id_and_no_second_cut(t
     wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     run_id = (run_dir / "wandb_run_id").read_text().strip()
     assert len(wandb_runs) == 2 and all(p.name.endswith(run_id) for p in wandb_runs)
+
+
+@pytest.mark.timeout(300)
+def test_a_non_editable_install_submits_with_its_own_templates(tmp_path):
+    """`ssl-norms slurm` from a built wheel, outside the repository: every file the printed commands
+    name (the sbatch template, the SLURM config every task adds) comes from the installed package."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "ssl_norms", source / "ssl_norms", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=240)
+    assert built.returncode == 0, built.stderr[-2000:]
+    site = tmp_path / "site"
+    (wheel,) = (tmp_path / "dist").glob("ssl_norms-*.whl")
+    zipfile.ZipFile(wheel).extractall(site)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    (work / "base.yaml").write_text("seed_everything: 0\n")
+    (work / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "config": "base.yaml", "grid": {"model.init_args.lr": [0.1, 0.2]}}))
+    # the command layer directly (the LightningCLI entry point adds only import time here)
+    script = ("from ssl_norms.commands import run_command\n"
+              "run_command('slurm', ['array', 'sweep.yaml', '--dry-run'], run_cli=None)\n"
+              "run_command('slurm', ['fit', '--dry-run', '--', '--config', 'base.yaml'], run_cli=None)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=work,
+                            env={**os.environ, "PYTHONPATH": str(site)}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("# sbatch --array=0-1 ") and lines[-1].startswith("ssl-norms fit --config base.yaml")
+    words = [w for line in lines for w in shlex.split(line.lstrip("#[0123456789] "))]
+    named = [Path(w) for w in words if w.endswith((".sbatch", "slurm.yaml"))]
+    assert len(named) == 2 + 2 + 1  # two templates (array, single node), the SLURM config of each point and of the fit
+    for path in named:
+        assert path.is_file() and path.resolve().is_relative_to(site), path
+    assert (site / "ssl_norms" / "sbatch" / "multi_node.sbatch").is_file()

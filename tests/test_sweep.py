@@ -113,6 +113,58 @@ def test_index_out_of_range_and_missing_file(tmp_path, capsys):
     assert "nope.yaml does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--index", "1-0"], "--index 1-0: a range runs from low to high (e.g. 0-1)"),
+        (["--index", ","], "--index names no point"),
+        ([], "give one of --list, --count, --index I, --all (got none)"),
+        (["--list", "--all"], "give one of --list, --count, --index I, --all (got --list --all)"),
+        (["--index"], "argument --index: expected at least one argument"),
+        (["--list", "--", "--trainer.max_epochs=1", "--bogus"], None),  # words after -- belong to the fits
+    ],
+)
+def test_what_to_run_is_checked_before_anything_runs(args, message, capsys):
+    sweep = str(PAPER / "table1_simclr_cifar100.yaml")
+    if message is None:
+        main(["sweep", sweep, *args])
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 16 and all("--trainer.max_epochs=1 --bogus --run_dir=" in line for line in lines)
+        return
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", sweep, *args])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("label", ["..", ".", "", "  ", "a/b", "../elsewhere", "..\\x", "-..-"])
+def test_a_label_that_would_leave_the_sweep_directory_is_refused(tmp_path, capsys, label):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "s", "config": "a.yaml", "points": [{"label": label, "trainer.max_epochs": 1}]}))
+    with pytest.raises(ValueError, match="must name one directory"):
+        sweep_points(sweep)
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", str(sweep), "--index", "0"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "must name one directory" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b"])
+def test_a_sweep_name_that_would_leave_the_runs_root_is_refused(tmp_path, name):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"name": name, "config": "a.yaml"}))
+    with pytest.raises(ValueError, match="needs a 'name'"):
+        sweep_points(sweep)
+
+
+def test_safe_labels_keep_their_run_dirs(tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "s", "config": "a.yaml", "points": [{"label": "my label", "trainer.max_epochs": 1}],
+                                     "grid": {"data.init_args.root": ["/data/a"]}}))
+    assert [p.run_dir for p in sweep_points(sweep)] == [tmp_path / "runs" / "s" / "root=-data-a", tmp_path / "runs" / "s" / "my-label"]
+
+
 def test_values_reach_the_command_line_as_jsonargparse_reads_them():
     assert cli_value(1e-8) == "1e-08" and cli_value(True) == "true" and cli_value(None) == "null"
     assert cli_value([32, 16]) == "[32,16]" and cli_value("resnet18") == "resnet18"

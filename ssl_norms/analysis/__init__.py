@@ -10,7 +10,7 @@ Each analysis returns an :class:`AnalysisResult` (paths written, headline number
 from un-augmented images unless the run is loaded with ``augmented=True``.
 """
 
-from ssl_norms.analysis.command import ALIASES, ANALYSES, analyze_command, run_all, run_analysis
+from ssl_norms.analysis.command import ANALYSES, run_all, run_analysis
 from ssl_norms.analysis.confidence import (
     bucket_summary,
     entropy_by_norm,
@@ -20,26 +20,19 @@ from ssl_norms.analysis.confidence import (
     knn_by_norm,
     norm_buckets,
 )
-from ssl_norms.analysis.curves import (
-    plot_runs_over_epochs,
-    plot_training_curves,
-    read_metrics,
-    read_metrics_by_epoch,
-    run_labels,
-    training_curves,
-)
+from ssl_norms.analysis.curves import plot_runs_over_epochs, read_metrics_by_epoch, run_labels, training_curves
 from ssl_norms.analysis.human_labels import entropy_bits, original_train_indices, storage_format
 from ssl_norms.analysis.loading import FirstView, TrainedRun, embed_dataset, load_datamodule, load_model
-from ssl_norms.analysis.neighbours import knn_predict_leave_one_out
 from ssl_norms.analysis.novelty import norm_auroc, novelty
 from ssl_norms.analysis.opposite_pairs import opposite_pairs, opposite_rate_at_epochs, recomputed_opposite_rate
 from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
+from ssl_norms.eval import knn_predict_leave_one_out
 
 __all__ = [
-    "ALIASES", "ANALYSES", "AnalysisResult", "AnalysisUnavailable", "FirstView", "TrainedRun", "analyze_command",
+    "ANALYSES", "AnalysisResult", "AnalysisUnavailable", "FirstView", "TrainedRun",
     "bucket_summary", "embed_dataset", "entropy_bits", "entropy_by_norm", "extreme_indices", "extremes",
     "human_agreement_by_norm", "knn_by_norm", "knn_predict_leave_one_out", "load_datamodule", "load_model",
     "norm_auroc", "norm_buckets", "novelty", "opposite_pairs", "opposite_rate_at_epochs", "original_train_indices",
-    "plot_runs_over_epochs", "plot_training_curves", "read_metrics", "read_metrics_by_epoch", "recomputed_opposite_rate",
+    "plot_runs_over_epochs", "read_metrics_by_epoch", "recomputed_opposite_rate",
     "run_all", "run_analysis", "run_labels", "storage_format", "training_curves",
 ]

@@ -26,16 +26,9 @@ from ssl_norms.analysis.human_labels import (
     storage_format,
 )
 from ssl_norms.analysis.loading import TrainedRun
-from ssl_norms.analysis.neighbours import knn_predict_leave_one_out
-from ssl_norms.analysis.output import (
-    AnalysisResult,
-    AnalysisUnavailable,
-    new_figure,
-    save_figure,
-    write_csv,
-    write_json,
-    write_samples,
-)
+from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
+from ssl_norms.eval import knn_predict_leave_one_out
+from ssl_norms.figures import new_figure, save_figure, write_csv, write_json, write_samples
 
 Space = Literal["embeddings", "features"]
 SPACE_NAMES = {"embeddings": "embedding", "features": "backbone-feature"}  # embedding = loss space
@@ -122,6 +115,7 @@ def _write_bucket_study(
 def knn_by_norm(
     run: TrainedRun,
     out_dir: Path,
+    *,
     split: Literal["train", "test"] = "train",
     space: Space = "embeddings",
     knn_space: Space = "embeddings",
@@ -130,7 +124,19 @@ def knn_by_norm(
     num_buckets: int = 20,
     min_count: int = 50,
 ) -> AnalysisResult:
-    """Fig 4 left: leave-one-out cosine k-NN accuracy of the ``split`` images per norm bucket."""
+    """Fig 4 left: leave-one-out k-NN accuracy per norm bucket.
+
+    The cosine k-NN classifies every ``split`` image by the others (never by itself).
+
+    Args:
+        split: images to study (train or test)
+        space: norm of the loss-space ``embeddings`` or of the backbone ``features``
+        knn_space: space of the k-NN classifier (``embeddings`` or ``features``)
+        k: k-NN neighbours
+        temperature: k-NN vote temperature
+        num_buckets: norm buckets of equal width (20: width 0.05)
+        min_count: plot buckets with more than this many images
+    """
     _check_space(space)
     _check_space(knn_space)
     embedded = run.embeddings(split)
@@ -149,14 +155,25 @@ def knn_by_norm(
 def human_agreement_by_norm(
     run: TrainedRun,
     out_dir: Path,
+    *,
     space: Space = "embeddings",
     num_buckets: int = 20,
     min_count: int = 50,
     cifar_n_file: Path | None = None,
     label_key: str | None = None,
 ) -> AnalysisResult:
-    """Fig 4 middle: share of training images whose human label (CIFAR-10N ``aggre_label``,
-    CIFAR-100N ``noisy_label``) equals the clean label, per norm bucket."""
+    """Fig 4 middle: CIFAR-10N/100N label agreement per norm bucket.
+
+    The share of training images whose human label (CIFAR-10N ``aggre_label``, CIFAR-100N
+    ``noisy_label``) equals the clean label.
+
+    Args:
+        space: norm of the loss-space ``embeddings`` or of the backbone ``features``
+        num_buckets: norm buckets of equal width (20: width 0.05)
+        min_count: plot buckets with more than this many images
+        cifar_n_file: CIFAR-10N/100N ``*_human.pt`` (default: under the data root, e.g. cifar10n/)
+        label_key: CIFAR-N label compared with ``clean_label`` (default aggre_label / noisy_label)
+    """
     _check_space(space)
     num_classes = run.datamodule.num_classes
     if num_classes not in NOISY_LABEL_FILES:
@@ -182,13 +199,23 @@ def human_agreement_by_norm(
 def entropy_by_norm(
     run: TrainedRun,
     out_dir: Path,
+    *,
     space: Space = "embeddings",
     num_buckets: int = 20,
     min_count: int = 50,
     cifar10h_file: Path | None = None,
 ) -> AnalysisResult:
-    """Fig 4 right: mean entropy (bits) of the CIFAR-10H label distribution of test images per norm
-    bucket. Needs the original test order (torchvision format); the image-folder copy cannot be joined."""
+    """Fig 4 right: CIFAR-10H label entropy per norm bucket (test).
+
+    The mean entropy (bits) of the CIFAR-10H label distribution of the test images. Needs the
+    original test order (torchvision format); the image-folder copy cannot be joined.
+
+    Args:
+        space: norm of the loss-space ``embeddings`` or of the backbone ``features``
+        num_buckets: norm buckets of equal width (20: width 0.05)
+        min_count: plot buckets with more than this many images
+        cifar10h_file: CIFAR-10H ``cifar10h-probs.npy`` (default: under the data root, e.g. cifar10h/)
+    """
     _check_space(space)
     if run.datamodule.num_classes != 10:
         raise AnalysisUnavailable("CIFAR-10H covers the CIFAR-10 test set only")
@@ -232,8 +259,18 @@ def _display_image(image: Tensor, mean: Any, std: Any) -> Tensor:
     return image.clamp(0, 1)
 
 
-def extremes(run: TrainedRun, out_dir: Path, split: Literal["train", "test"] = "train", space: Space = "embeddings", per_class: int = 10) -> AnalysisResult:
-    """Fig S6: for each class, the ``per_class`` highest- and lowest-norm images as two grids."""
+def extremes(
+    run: TrainedRun, out_dir: Path, *, split: Literal["train", "test"] = "train", space: Space = "embeddings", per_class: int = 10,
+) -> AnalysisResult:
+    """Fig S6: highest- and lowest-norm images per class.
+
+    For each class, the ``per_class`` highest- and lowest-norm images as two grids.
+
+    Args:
+        split: images to study (train or test)
+        space: norm of the loss-space ``embeddings`` or of the backbone ``features``
+        per_class: images per class and extreme
+    """
     from torchvision.utils import make_grid
 
     _check_space(space)

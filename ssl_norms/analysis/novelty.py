@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from ssl_norms.analysis.loading import TrainedRun, embed_dataset, limit_samples
-from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable, new_figure, save_figure, write_csv, write_json, write_samples
+from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
+from ssl_norms.figures import new_figure, save_figure, write_csv, write_json, write_samples
 
 TRAINING_SET = "training set"
 
@@ -59,17 +60,25 @@ def plot_novelty(relative: dict[str, Tensor], aurocs: dict[str, float], out_png:
 def novelty(
     run: TrainedRun,
     out_dir: Path,
+    *,
     sets: str | list[str] | None = None,
     space: Literal["embeddings", "features"] = "embeddings",
 ) -> AnalysisResult:
-    """Norms of the training set (the run's own training images, un-augmented unless the run says
+    """Fig 3 / S5: norms of evaluation sets / training mean, violin + bar, AUROC.
+
+    Norms of the training set (the run's own training images, un-augmented unless the run says
     ``augmented``) and of each evaluation set in ``sets`` (names of
     :func:`ssl_norms.data.eval_sets.load_eval_set`), each normalised by the training-set mean.
 
     Every set is loaded by the run's own DataModule (``load_extra_eval_set``): at its evaluation
     size and resize rule and with its mean/std, so the model sees each set exactly as it saw its
     own evaluation images (MNIST digits, CIFAR-100 images are not normalised with their own
-    statistics). Sets whose data is missing are skipped and named."""
+    statistics). Sets whose data is missing are skipped and named.
+
+    Args:
+        sets: evaluation sets, comma-separated (default cifar10_test,cifar100_test,mnist_test)
+        space: norm of the loss-space ``embeddings`` or of the backbone ``features``
+    """
     if space not in ("embeddings", "features"):
         raise ValueError(f"space must be 'embeddings' or 'features', got {space!r}")
     if getattr(run.datamodule, "eval_image_size", None) is None:

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 
 from ssl_norms.analysis.curves import log_epoch_axis, metrics_file, read_metrics_by_epoch, run_labels
 from ssl_norms.analysis.loading import TrainedRun, limit_samples
-from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable, new_figure, save_figure, write_csv, write_json
+from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
+from ssl_norms.figures import new_figure, save_figure, write_csv, write_json
 
 OPPOSITE_KEY = "pairs/opposite_rate"
 
@@ -66,12 +67,22 @@ def recomputed_opposite_rate(run: TrainedRun, num_pairs: int = 2048) -> float:
 def opposite_pairs(
     runs: list[str | Path],
     out_dir: str | Path,
+    checkpoint_run: TrainedRun | None = None,
+    *,
     epochs: str | list[int | str] = "1,10,100,last",
     labels: list[str] | None = None,
-    checkpoint_run: TrainedRun | None = None,
     num_pairs: int = 2048,
 ) -> AnalysisResult:
-    """Table S1 for one or several runs, as CSV / JSON / Markdown and a PNG of the rate over epochs."""
+    """Table S1: positive pairs at angle > pi/2 at given epochs.
+
+    For one or several runs, from their logs, plus the rate recomputed on ``checkpoint_run``; as
+    CSV / JSON / Markdown and a PNG of the rate over epochs.
+
+    Args:
+        epochs: epochs of the table, 1-based, comma-separated (``last``: the run's last epoch)
+        labels: a legend label per run (default: the settings in which their configs differ)
+        num_pairs: augmented pairs for the rate recomputed on the checkpoint
+    """
     if not runs:
         raise ValueError("opposite_pairs needs at least one run directory")
     epochs = parse_epochs(epochs)

@@ -8,8 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ssl_norms.callbacks.gather import all_gather_rows, unique_by_index
-from ssl_norms.distributed import broadcast_buffers
+from ssl_norms.distributed import all_gather_rows, broadcast_buffers, unique_by_index
 from ssl_norms.eval import knn_predict
 
 

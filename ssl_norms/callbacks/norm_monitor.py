@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-from ssl_norms.callbacks.gather import all_gather_rows, unique_by_index
+from ssl_norms.distributed import all_gather_rows, unique_by_index
 
 
 class EmbeddingNormMonitor(Callback):

@@ -52,7 +52,7 @@ class RunSummary(Callback):
         console = Console()
         console.print(table)
         if self.plot:
-            from ssl_norms.analysis.curves import plot_training_curves
+            from ssl_norms.figures import plot_training_curves
 
             for logger in trainer.loggers:
                 logger.save()

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -47,23 +46,6 @@ def batch_generator(rank: int = 0, device: torch.device | str = "cpu") -> torch.
     drawn = int(torch.randint(0, 2**62, (1,)).item())
     digest = hashlib.blake2b(f"{drawn}:{rank}".encode(), digest_size=8).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") % 2**63)
-
-
-@contextmanager
-def one_cpu_thread() -> Iterator[None]:
-    """Run CPU augmentation on one intra-op thread, as DataLoader workers do anyway.
-
-    The batched ops are many small kernels; with more threads they gain little, and on a busy
-    machine the threads wait for each other: measured 8-16x slower with 2 threads than with 1 on
-    the shared 2-core development machine. Used when augmenting in the training process."""
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> Tensor:

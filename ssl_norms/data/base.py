@@ -262,7 +262,8 @@ class ImageDataModule(SSLDataModule):
             return batch
         from contextlib import nullcontext
 
-        from ssl_norms.data.augment import batch_generator, one_cpu_thread
+        from ssl_norms.data.augment import batch_generator
+        from ssl_norms.threads import one_cpu_thread
 
         images = batch["images"]
         rank = self.trainer.global_rank if self.trainer is not None else 0

@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from ssl_norms.data.augment import BatchedSimCLRAugmentation, batch_generator, one_cpu_thread, random_crop_boxes
+from ssl_norms.data.augment import BatchedSimCLRAugmentation, batch_generator, random_crop_boxes
 from ssl_norms.data.image_folder import read_image, resize_image
+from ssl_norms.threads import one_cpu_thread
 
 
 def _unbatch(batch: dict) -> list[dict]:

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import pearsonr, spearmanr
 from torch import Tensor, nn
 
 from ssl_norms.data.synthetic import LatentClasses, class_counts, sample_dataset
-from ssl_norms.simulations.plotting import SimulationOutput, new_figure
+from ssl_norms.figures import new_figure
+from ssl_norms.simulations.output import SimulationOutput
+from ssl_norms.threads import one_cpu_thread
 
 
 def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
@@ -52,17 +55,11 @@ def make_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
 
 
 @contextmanager
-def _seeded(seed: int, threads: int | None = None):
+def _seeded(seed: int):
     """Seed torch's global RNG inside the block without leaking state to the caller."""
-    old_threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if threads is not None:
-            torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old_threads)
+        yield
 
 
 def train_supcon(
@@ -116,28 +113,12 @@ def train_supcon(
     return model, losses
 
 
-def _rankdata(a: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean rank)."""
-    order = np.argsort(a, kind="mergesort")
-    ranks = np.empty(len(a), dtype=np.float64)
-    ranks[order] = np.arange(len(a), dtype=np.float64)
-    sorted_a = a[order]
-    # average over tie groups
-    _, first, counts = np.unique(sorted_a, return_index=True, return_counts=True)
-    for f, c in zip(first, counts):
-        if c > 1:
-            ranks[order[f : f + c]] = f + (c - 1) / 2
-    return ranks
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64) - np.mean(a)
-    b = np.asarray(b, dtype=np.float64) - np.mean(b)
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return pearson(_rankdata(np.asarray(a)), _rankdata(np.asarray(b)))
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
 
 
 def knn_cosine_distance(z: Tensor, k: int, chunk: int = 2048) -> Tensor:
@@ -189,10 +170,10 @@ def fig2b(
     k: int = 10,
     seed: int = 0,
 ) -> SimulationOutput:
-    """Embedding norm vs. k-NN distance on the training data of a supervised-InfoNCE MLP.
+    """Fig 2b: embedding norm vs distance to the 10th nearest neighbour (supervised-InfoNCE MLP).
 
-    The k-NN distance is the cosine distance 1 - cos to the k-th nearest *other* embedding
-    of the same trained model on the same data (a density proxy: small = dense region). As a
+    The k-NN distance (``k``) is the cosine distance 1 - cos to the k-th nearest *other* embedding
+    of the same trained model on its training data (a density proxy: small = dense region). As a
     model-free check the same quantity is also computed on the latent points themselves.
 
     Finding (seeds 0-5, Adam 1e-3 or SGD 0.1-1.0, T 0.1-0.5): the within-class Spearman
@@ -202,7 +183,7 @@ def fig2b(
     """
     params = dict(locals())  # the keyword arguments, recorded with the numbers
     t0 = time.perf_counter()
-    with _seeded(seed, threads=1):
+    with _seeded(seed), one_cpu_thread():
         world, counts, x, labels, latents = _world_and_data(
             num_classes, latent_dim, ambient_dim, sigma, num_classes * samples_per_class, None, seed
         )
@@ -219,15 +200,15 @@ def fig2b(
     emb_centre_cos = (zc * F.normalize(cls_mean, dim=-1)[labels]).sum(-1)
 
     n_np, k_np, kl_np = norms.numpy(), knn.numpy(), knn_latent.numpy()
-    within = [spearman(n_np[labels.numpy() == c], k_np[labels.numpy() == c]) for c in range(num_classes)]
+    within = [spearmanr(n_np[labels.numpy() == c], k_np[labels.numpy() == c]).statistic for c in range(num_classes)]
     numbers = {
         "params": params,
-        "spearman_norm_vs_knn": spearman(n_np, k_np),
-        "pearson_norm_vs_knn": pearson(n_np, k_np),
+        "spearman_norm_vs_knn": spearmanr(n_np, k_np).statistic,
+        "pearson_norm_vs_knn": pearsonr(n_np, k_np).statistic,
         "spearman_norm_vs_knn_within_class": within,
-        "spearman_norm_vs_latent_knn": spearman(n_np, kl_np),
-        "spearman_norm_vs_latent_centre_cos": spearman(n_np, centre_cos.numpy()),
-        "spearman_norm_vs_embedding_centroid_cos": spearman(n_np, emb_centre_cos.numpy()),
+        "spearman_norm_vs_latent_knn": spearmanr(n_np, kl_np).statistic,
+        "spearman_norm_vs_latent_centre_cos": spearmanr(n_np, centre_cos.numpy()).statistic,
+        "spearman_norm_vs_embedding_centroid_cos": spearmanr(n_np, emb_centre_cos.numpy()).statistic,
         "norm_mean": float(norms.mean()),
         "norm_std": float(norms.std()),
         "knn_mean": float(knn.mean()),
@@ -242,7 +223,9 @@ def fig2b(
         for i in range(len(n_np))
     ]
     fig = _plot_fig2b(n_np, k_np, labels.numpy(), numbers, losses)
-    return SimulationOutput(numbers=numbers, figure=fig, tables={"": rows})
+    summary = [f"Spearman(norm, {k}-NN distance) {numbers['spearman_norm_vs_knn']:+.3f}, Pearson {numbers['pearson_norm_vs_knn']:+.3f}, "
+               f"within class {_fmt(within)}"]
+    return SimulationOutput(numbers=numbers, figure=fig, tables={"": rows}, summary=summary)
 
 
 def _opt_label(p: dict) -> str:
@@ -304,11 +287,12 @@ def fig2c(
     track_every: int = 5,
     seed: int = 0,
 ) -> SimulationOutput:
-    """Per-class mean embedding norm over training when classes are sampled with ``class_weights``.
+    """Fig 2c: mean norm per class over training, class probabilities 1/2, 1/4, 1/8, 1/16.
 
-    ``class_weights`` are normalised; the dataset has ``num_samples`` points split accordingly
-    (:func:`ssl_norms.data.synthetic.class_counts`). Every ``track_every`` optimisation steps the
-    whole dataset is embedded and the mean norm per class recorded.
+    Classes are sampled with ``class_weights``, which are normalised; the dataset has
+    ``num_samples`` points split accordingly (:func:`ssl_norms.data.synthetic.class_counts`). Every
+    ``track_every`` optimisation steps the whole dataset is embedded and the mean norm per class
+    recorded.
 
     Defaults use SGD with momentum: with Adam (1e-3 to 1e-2) the final per-class norms show no
     consistent frequency ordering. With the defaults, over seeds 0-19 the most frequent class
@@ -322,7 +306,7 @@ def fig2c(
     params["class_weights"] = weights
     num_classes = len(weights)
     track: list[dict] = []
-    with _seeded(seed, threads=1):
+    with _seeded(seed), one_cpu_thread():
         _, counts, x, labels, _ = _world_and_data(
             num_classes, latent_dim, ambient_dim, sigma, num_samples, weights, seed
         )
@@ -348,13 +332,17 @@ def fig2c(
         "final_norm_rank_order": [int(i) for i in np.argsort(final)[::-1]],  # classes by decreasing norm
         "most_frequent_class": int(np.argmax(weights)),
         "largest_norm_class": int(np.argmax(final)),
-        "spearman_frequency_vs_final_norm": spearman(np.array(weights), np.array(final)),
+        "spearman_frequency_vs_final_norm": spearmanr(np.array(weights), np.array(final)).statistic,
         "final_loss": float(np.mean(losses[-10:])),
         "steps": len(losses),
         "runtime_s": time.perf_counter() - t0,
     }
     fig = _plot_fig2c(track, counts, numbers)
-    return SimulationOutput(numbers=numbers, figure=fig, tables={"": track})
+    summary = [f"class probabilities {_fmt(numbers['class_probabilities'])}",
+               f"final mean norm per class {_fmt(final)} (initial {_fmt(initial)})",
+               f"largest-norm class {numbers['largest_norm_class']}, most frequent {numbers['most_frequent_class']}, "
+               f"Spearman(frequency, norm) {numbers['spearman_frequency_vs_final_norm']:+.2f}"]
+    return SimulationOutput(numbers=numbers, figure=fig, tables={"": track}, summary=summary)
 
 
 def _plot_fig2c(track, counts, numbers):
