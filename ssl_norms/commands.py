@@ -1,42 +1,25 @@
-"""Every ``ssl-norms`` command, registered once, and how a command line is built from a function.
+"""Every ``ssl-norms`` command, registered once: its name, one line of help (what ``ssl-norms --help``
+lists) and the function that runs it, imported only when the command runs.
 
-:data:`COMMANDS` maps a command name to the function that runs it and one line of help (what
-``ssl-norms --help`` lists). Lightning's commands (fit, validate, test, predict) are parsed by
-LightningCLI (:mod:`ssl_norms.cli`). Every other command is a plain function, imported only when
-its command runs, whose command line jsonargparse builds from the signature:
-
-* parameters before ``*`` are positional words, keyword-only parameters are ``--options``; the
-  annotation is the type (checked by jsonargparse), the default the default and the docstring's
-  ``Args:`` entry the help;
-* a ``bool`` is a flag (``--dry_run`` / ``--no_dry_run``); a list takes several words, a list of
-  numbers also comma-separated ones (``--norms 0.5 1`` = ``--norms 0.5,1``); ``-`` and ``_`` are
-  interchangeable in option names;
-* two parameters are not options: ``fit_args`` receives the words after ``--`` (arguments for
-  every ``ssl-norms fit`` the command runs) and ``run_cli`` the ``ssl-norms`` entry point, so a
-  command can run a fit in this process without importing the CLI.
-
-A command with sub-commands (``slurm array``, ``simulate fig2a``) is a :class:`Subcommands`.
+Lightning's commands (fit, validate, test, predict) are parsed by LightningCLI
+(:mod:`ssl_norms.cli`). Every other command is a plain function (or :class:`Subcommands` of
+functions) whose command line :mod:`ssl_norms.command_line` builds from its signature.
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
 import importlib
-import inspect
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jsonargparse import ActionYesNo, ArgumentParser
+from ssl_norms import command_line
 
 
 @dataclass(frozen=True)
 class Command:
     help: str  # one line
-    target: str | None = None  # "module:attribute" (a function or Subcommands); None: a LightningCLI command
+    target: str | None = None  # "module:attribute": a function or command_line.Subcommands; None: LightningCLI
 
 
 COMMANDS: dict[str, Command] = {
@@ -49,32 +32,6 @@ COMMANDS: dict[str, Command] = {
     "analyze": Command("the paper's analyses of trained runs (Fig 3-5, S3-S6, Table S1)", "ssl_norms.analysis.command:COMMAND"),
     "simulate": Command("the paper's Section 3-4 simulations (Fig 2a-c, theory checks)", "ssl_norms.simulations.command:COMMAND"),
 }
-INJECTED = ("fit_args", "run_cli")
-
-
-@dataclass(frozen=True)
-class Member:
-    """One sub-command: ``run`` is called with the parsed options. Its options are the parameters
-    of ``run`` and the keyword parameters of ``options_from`` (which ``run`` takes as ``**options``)."""
-
-    run: Callable[..., Any]
-    options_from: tuple[Callable[..., Any], ...] = ()
-    help: str | None = None  # default: the first docstring line of options_from[0], else of run
-    aliases: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Subcommands:
-    """A command whose first word picks a member; ``default`` runs when none is named (its keyword
-    parameters are options given before the member, e.g. ``simulate --list``)."""
-
-    members: Mapping[str, Callable[..., Any] | Member]
-    default: Callable[..., Any] | None = None
-
-    def member(self, name: str) -> Member:
-        """The member ``name`` (or the one with the alias ``name``)."""
-        members = {key: value if isinstance(value, Member) else Member(value) for key, value in self.members.items()}
-        return members.get(name) or next(member for member in members.values() if name in member.aliases)
 
 
 def usage() -> str:
@@ -84,153 +41,9 @@ def usage() -> str:
     return "usage: ssl-norms COMMAND [options]   (ssl-norms COMMAND --help for its options)\n\ncommands:\n" + "\n".join(lines)
 
 
-def split_fit_args(words: Sequence[str]) -> tuple[list[str], list[str]]:
-    """A command's own words and the words after the first ``--``."""
-    words = list(words)
-    if "--" not in words:
-        return words, []
-    cut = words.index("--")
-    return words[:cut], words[cut + 1:]
-
-
 def run_command(name: str, words: Sequence[str], run_cli: Callable[[list[str]], None]) -> Any:
-    """Parse ``words`` for the project command ``name`` and run it (bad input raises
-    ``jsonargparse.ArgumentError`` or ``ValueError``)."""
+    """Run the project command ``name`` on ``words``; ``run_cli`` is the ``ssl-norms`` entry point,
+    for commands that run fits."""
     module, _, attribute = COMMANDS[name].target.partition(":")
     target = getattr(importlib.import_module(module), attribute)
-    own, fit_args = split_fit_args(words)
-    parser = build_parser(f"ssl-norms {name}", target, COMMANDS[name].help)
-    cfg = parser.parse_args(_underscored(own))
-    if isinstance(target, Subcommands):
-        chosen = cfg.get("subcommand")
-        if chosen is None:
-            if target.default is None:
-                raise ValueError(f"ssl-norms {name} needs one of: {', '.join(target.members)}")
-            function, options = target.default, cfg
-        else:
-            function, options = target.member(chosen).run, cfg[chosen]
-    else:
-        function, options = target, cfg
-    accepted = inspect.signature(function).parameters
-    if fit_args and "fit_args" not in accepted:
-        raise ValueError(f"ssl-norms {name} takes no arguments after --")
-    given = {"fit_args": fit_args, "run_cli": run_cli}
-    options = {key: value for key, value in vars(options).items() if key not in ("subcommand", "__path__")}
-    return function(**options, **{key: value for key, value in given.items() if key in accepted})
-
-
-def build_parser(prog: str, target: Callable[..., Any] | Subcommands, description: str) -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
-    if not isinstance(target, Subcommands):
-        add_options(parser, target)
-        return parser
-    if target.default is not None:
-        add_options(parser, target.default)
-    members = parser.add_subcommands(required=target.default is None)
-    for name in target.members:
-        member = target.member(name)
-        help = member.help or help_line(member.options_from[0] if member.options_from else member.run)
-        sub = ArgumentParser(description=help)
-        add_options(sub, member.run, *member.options_from)
-        members.add_subcommand(name, sub, help=help, aliases=member.aliases)
-    return parser
-
-
-def add_options(parser: ArgumentParser, function: Callable[..., Any], *options_from: Callable[..., Any]) -> None:
-    """The parameters of ``function`` and the keyword-only parameters of ``options_from`` as
-    arguments of ``parser`` (see the module docstring). A parameter in several functions is added
-    once and must have the same default in each; the keywords a ``functools.partial`` binds are not
-    options."""
-    defaults: dict[str, Any] = {}
-    for position, function in enumerate((function, *options_from)):
-        bound = function.keywords if isinstance(function, functools.partial) else {}
-        function = function.func if isinstance(function, functools.partial) else function
-        hints, docs = typing.get_type_hints(function), _parameter_docs(function)
-        for param in inspect.signature(function).parameters.values():
-            if param.name in (*INJECTED, *bound) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            if position > 0 and param.kind is not param.KEYWORD_ONLY:
-                continue
-            if param.name in defaults:
-                if defaults[param.name] != param.default:
-                    raise TypeError(f"option {param.name} of {function.__qualname__} has another default elsewhere")
-                continue
-            defaults[param.name] = param.default
-            _add(parser, param, hints.get(param.name, str), docs.get(param.name))
-
-
-def _add(parser: ArgumentParser, param: inspect.Parameter, hint: Any, help: str | None) -> None:
-    required = param.default is param.empty
-    if param.kind is not param.KEYWORD_ONLY:  # a positional word
-        parser.add_argument(param.name, type=hint, help=help, **({} if required else {"nargs": "?", "default": param.default}))
-        return
-    flag = "--" + param.name.rstrip("_")  # list_ -> --list: a trailing underscore avoids a builtin's name
-    default = list(param.default) if isinstance(param.default, tuple) else param.default
-    option = {"dest": param.name, "help": help, "required": required} | ({} if required else {"default": default})
-    inner = _without_none(hint)
-    element = _list_element(inner)
-    if inner is bool:
-        parser.add_argument(flag, action=ActionYesNo, **option)
-    elif element in (int, float):
-        parser.add_argument(flag, action=_NumberList, element=element, **option)
-    elif element is not None:
-        parser.add_argument(flag, type=element, nargs="+", **option)
-    else:
-        parser.add_argument(flag, type=hint, **option)
-
-
-class _NumberList(argparse.Action):
-    """Several words and/or comma-separated numbers: ``--norms 0.5 1`` = ``--norms 0.5,1``."""
-
-    def __init__(self, *args: Any, element: type, **kwargs: Any) -> None:
-        self.element = element
-        super().__init__(*args, nargs="+", **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        numbers = []
-        for part in (part for word in values for part in word.split(",") if part):
-            try:
-                numbers.append(self.element(part))
-            except ValueError:
-                kind = "integers" if self.element is int else "numbers"
-                raise argparse.ArgumentError(self, f"expected {kind}, got {part!r}") from None
-        setattr(namespace, self.dest, numbers)
-
-
-def _without_none(hint: Any) -> Any:
-    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return hint
-
-
-def _list_element(hint: Any) -> Any:
-    """``X`` of ``list[X]``, ``Sequence[X]`` or ``tuple[X, ...]``; None for anything else."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (list, Sequence) and len(args) == 1:
-        return args[0]
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return args[0]
-    return None
-
-
-def _parameter_docs(function: Callable[..., Any]) -> dict[str, str]:
-    from docstring_parser import parse
-
-    return {param.arg_name: param.description for param in parse(inspect.getdoc(function) or "").params if param.description}
-
-
-def help_line(function: Callable[..., Any]) -> str:
-    function = function.func if isinstance(function, functools.partial) else function
-    return (inspect.getdoc(function) or "").split("\n\n")[0].replace("\n", " ")
-
-
-def _underscored(words: list[str]) -> list[str]:
-    """``--dry-run`` -> ``--dry_run`` (option names only; values stay as they are)."""
-    out = []
-    for word in words:
-        if word.startswith("--") and len(word) > 2:
-            key, eq, value = word[2:].partition("=")
-            word = "--" + key.replace("-", "_") + eq + value
-        out.append(word)
-    return out
+    return command_line.run(target, f"ssl-norms {name}", COMMANDS[name].help, words, run_cli=run_cli)

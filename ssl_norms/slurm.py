@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ssl_norms.commands import Subcommands
+from ssl_norms.command_line import Subcommands
 from ssl_norms.sweep import sweep_points
 
 TEMPLATES = Path(__file__).with_name("sbatch")

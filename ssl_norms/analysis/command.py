@@ -21,7 +21,7 @@ from ssl_norms.analysis.loading import TrainedRun, run_dir_of
 from ssl_norms.analysis.novelty import novelty
 from ssl_norms.analysis.opposite_pairs import opposite_pairs
 from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
-from ssl_norms.commands import Member, Subcommands
+from ssl_norms.command_line import Member, Subcommands
 from ssl_norms.figures import WandbFigures, wandb_run_id
 
 # name -> (function, aliases); the help line is the first line of the function's docstring

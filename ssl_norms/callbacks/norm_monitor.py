@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from ssl_norms.distributed import all_gather_rows, unique_by_index
+from ssl_norms.lightning_compat import is_logging_step
 
 
 class EmbeddingNormMonitor(Callback):
@@ -46,13 +47,9 @@ class EmbeddingNormMonitor(Callback):
         self.validation = validation
         self._val: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
 
-    @staticmethod
-    def _is_logging_step(trainer: L.Trainer) -> bool:
-        return trainer._logger_connector.should_update_logs
-
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not self._is_logging_step(trainer) or not isinstance(outputs, dict) or "ssl" not in outputs:
+        if not is_logging_step(trainer) or not isinstance(outputs, dict) or "ssl" not in outputs:
             return
         step = outputs["ssl"]
         metrics = self.statistics(step.embeddings, step.features, gather=pl_module.all_gather)

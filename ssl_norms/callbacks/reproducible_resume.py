@@ -12,6 +12,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from ssl_norms.data.resumable import ResumableLoader
+from ssl_norms.lightning_compat import epoch_batches_processed, epoch_batches_ready
+
 
 def epoch_seed(base_seed: int, epoch: int, rank: int) -> int:
     """A 32-bit seed for one (run seed, epoch, rank); different ranks get different augmentations."""
@@ -51,9 +54,10 @@ class ReproducibleResume(Callback):
        ``on_train_epoch_start``. (Strategies that load checkpoints after model setup, such as
        FSDP/DeepSpeed, create the first iterator before the load: that first epoch is not exact.)
     2. **Data position.** Lightning restores its loop progress but restarts the epoch's data from
-       the first batch. The training loader (:class:`~ssl_norms.data.resumable.ResumableDataLoader`)
-       calls back before each epoch's first batch; this callback seeds that moment and returns the
-       number of batches Lightning counts as done in the epoch, which the loader draws and discards.
+       the first batch. Every training loader that is a :class:`~ssl_norms.data.resumable.ResumableLoader`
+       calls back (``epoch_start``, see that module for the handshake) before each epoch's first
+       batch; this callback seeds that moment and returns the number of batches Lightning counts as
+       done in the epoch, which the loader draws and discards.
 
     Together: resuming from any checkpoint continues with the batches, augmentations and seeds of an
     uninterrupted run. Not covered: randomness drawn outside the loader and the global generators
@@ -74,13 +78,14 @@ class ReproducibleResume(Callback):
         seed_all(epoch_seed(base + stream, epoch, trainer.global_rank))
 
     def _epoch_start(self) -> int:
-        """Called by the training loader right before an epoch's first batch: seed it and return how
-        many of its batches Lightning already counts as done (0, or k after a mid-epoch resume)."""
+        """The callback's side of the handshake (an ``EpochStart``): seed the epoch whose first batch
+        the loader is about to draw and return how many of its batches Lightning already counts as
+        done (0, or k after a mid-epoch resume)."""
         trainer = self._trainer
         if trainer is None:
             return 0
         self._seed(trainer, trainer.current_epoch, stream=1)
-        return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return epoch_batches_ready(trainer)
 
     # ---- checkpoint state -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -91,7 +96,7 @@ class ReproducibleResume(Callback):
         trainer = self._trainer
         if trainer is None:
             return 0
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
+        done = epoch_batches_processed(trainer) >= trainer.num_training_batches
         return trainer.current_epoch + int(done)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -114,7 +119,7 @@ class ReproducibleResume(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for loader in _loaders(trainer.train_dataloader):
-            if hasattr(loader, "epoch_start"):
+            if isinstance(loader, ResumableLoader):
                 loader.epoch_start = self._epoch_start
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

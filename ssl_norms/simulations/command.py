@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ssl_norms.commands import Member, Subcommands, help_line
+from ssl_norms.command_line import Member, Subcommands, help_line
 from ssl_norms.figures import WandbFigures
 from ssl_norms.simulations import SIMULATIONS, simulation_params
 

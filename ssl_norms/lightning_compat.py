@@ -1,0 +1,44 @@
+"""The Lightning internals this project relies on, in one place.
+
+Lightning keeps these private or undocumented, and an upgrade may move them. Every use goes
+through this module (or is listed here), and ``tests/test_lightning_compat.py`` checks each one,
+with the meaning we rely on, on a real Trainer: an upgrade that moves one fails there, loudly,
+instead of silently changing what a callback logs or where a resumed run continues.
+
+* :func:`is_logging_step` reads ``Trainer._logger_connector.should_update_logs``
+  (EmbeddingNormMonitor computes its statistics only on the steps Lightning logs).
+* :func:`epoch_batches_ready` and :func:`epoch_batches_processed` read the training loop's
+  progress ``fit_loop.epoch_loop.batch_progress.current`` (ReproducibleResume: where a resumed
+  epoch continues, and whether a checkpoint's epoch is complete).
+* ``ssl_norms.loggers`` subclasses ``lightning.pytorch.loggers.csv_logs.ExperimentWriter``: it
+  overrides :data:`CSV_WRITER_OVERRIDES` (called when the writer is created, and on every save)
+  and uses :data:`CSV_WRITER_ATTRIBUTES`; its CSVLogger rebuilds ``experiment`` from
+  :data:`CSV_LOGGER_ATTRIBUTES`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lightning import Trainer
+
+CSV_WRITER_OVERRIDES = ("_check_log_dir_exists", "save")
+CSV_WRITER_ATTRIBUTES = ("metrics", "metrics_file_path", "_fs")
+CSV_LOGGER_ATTRIBUTES = ("_experiment", "_fs", "root_dir", "log_dir")
+
+
+def is_logging_step(trainer: Trainer) -> bool:
+    """Whether Lightning logs this training step (every ``log_every_n_steps`` optimizer steps)."""
+    return trainer._logger_connector.should_update_logs
+
+
+def epoch_batches_ready(trainer: Trainer) -> int:
+    """Training batches of the current epoch Lightning has fetched or, right after a mid-epoch
+    resume and before the first new batch, restored from the checkpoint as done."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+
+def epoch_batches_processed(trainer: Trainer) -> int:
+    """Training batches of the current epoch whose step has run (restored by a resume)."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
