@@ -112,18 +112,18 @@ def add_options(parser: ArgumentParser, function: Callable[..., Any], *options_f
     once and must have the same default in each; the keywords a ``functools.partial`` binds are not
     options."""
     defaults: dict[str, Any] = {}
-    for position, function in enumerate((function, *options_from)):
-        bound = function.keywords if isinstance(function, functools.partial) else {}
-        function = function.func if isinstance(function, functools.partial) else function
-        hints, docs = typing.get_type_hints(function), _parameter_docs(function)
-        for param in inspect.signature(function).parameters.values():
+    for position, source in enumerate((function, *options_from)):
+        bound = source.keywords if isinstance(source, functools.partial) else {}
+        source = source.func if isinstance(source, functools.partial) else source
+        hints, docs = typing.get_type_hints(source), _parameter_docs(source)
+        for param in inspect.signature(source).parameters.values():
             if param.name in (*INJECTED, *bound) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 continue
             if position > 0 and param.kind is not param.KEYWORD_ONLY:
                 continue
             if param.name in defaults:
                 if defaults[param.name] != param.default:
-                    raise TypeError(f"option {param.name} of {function.__qualname__} has another default elsewhere")
+                    raise TypeError(f"option {param.name} of {source.__qualname__} has another default elsewhere")
                 continue
             defaults[param.name] = param.default
             _add(parser, param, hints.get(param.name, str), docs.get(param.name))

@@ -102,6 +102,15 @@ def test_unknown_command_lists_the_commands(capsys):
     assert "unknown command 'trian'; commands: fit, validate, test, predict, sweep" in capsys.readouterr().err
 
 
+def test_help_lists_every_command_with_one_line(capsys):
+    from ssl_norms.commands import COMMANDS
+
+    main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    for name, command in COMMANDS.items():
+        assert sum(line.split()[:1] == [name] and line.endswith(command.help) for line in lines) == 1, name
+
+
 def test_missing_data_names_root_env_and_download(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "ssl_norms.cli", "fit", "--config", str(REPO / "configs" / "simclr" / "cifar10.yaml"),

@@ -235,9 +235,11 @@ def test_sync_batchnorm_is_one_switch():
     model = trainer.strategy._layer_sync.apply(SimCLR(backbone="mlp", input_dim=16, mlp_hidden_dims=[8], projector_dims=[8, 4]))
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
-    for name in ["simclr_cifar10_4gpu.yaml", "simclr_cifar10_2x4gpu.yaml", "slurm.yaml"]:
-        trainer_cfg = yaml.safe_load((REPO / "configs" / "ddp" / name).read_text())["trainer"]
-        assert trainer_cfg["sync_batchnorm"] is True and trainer_cfg["strategy"] == "ddp", name
+    from ssl_norms.slurm import SLURM_CONFIG
+
+    for path in [REPO / "configs" / "ddp" / "simclr_cifar10_4gpu.yaml", REPO / "configs" / "ddp" / "simclr_cifar10_2x4gpu.yaml", SLURM_CONFIG]:
+        trainer_cfg = yaml.safe_load(path.read_text())["trainer"]
+        assert trainer_cfg["sync_batchnorm"] is True and trainer_cfg["strategy"] == "ddp", path
 
 
 def test_ddp_configs_state_the_global_batch_and_lr():

@@ -28,7 +28,6 @@ compared with the Thm. 3.4 bound B = 2 s sin^2(phi) (= 2 lr sin^2 phi / rho^2). 
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Sequence
 
