@@ -18,8 +18,8 @@ from torchvision.io import write_jpeg
 from ssl_norms.callbacks import EmbeddingNormMonitor
 from ssl_norms.data import CIFAR100DataModule, CIFAR10DataModule, Flowers102DataModule, ImageNet100DataModule, load_eval_set
 from ssl_norms.data.eval_sets import canonical_eval_set_name
-from ssl_norms.data.flowers import read_flowers_labels, read_flowers_splits
 from ssl_norms.data.imagenet import materialise_hf_imagenet
+from ssl_norms.data.readers import read_flowers_labels, read_flowers_splits
 from ssl_norms.methods import SimCLR
 from test_data import write_cifar10_pickles
 
@@ -105,12 +105,10 @@ def test_cifar100_image_folder(tmp_path):
 
 
 def test_cifar100_download_failure_is_one_line(tmp_path, monkeypatch):
-    import torchvision.datasets
-
     def offline(*args, **kwargs):
         raise OSError("<urlopen error [Errno 101] Network is unreachable>")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    monkeypatch.setattr(CIFAR100DataModule, "torchvision_dataset", staticmethod(offline))
     with pytest.raises(FileNotFoundError) as err:
         CIFAR100DataModule(root=str(tmp_path / "nothing"), download=True).setup()
     message = str(err.value)

@@ -11,9 +11,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2.functional import center_crop, resize as resize_fn
+
+from ssl_norms.data.paths import cache_root, first_line
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-CACHE_ENV = "SSL_NORMS_CACHE"
 
 
 def list_image_folder(split_dir: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -48,15 +51,11 @@ def read_image(path: Path, skip: bool = False) -> Tensor | None:
     except (RuntimeError, ValueError, OSError) as err:
         if skip:
             return None
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UnreadableImageError(f"cannot decode image file {path}: {reason} (pass --data.init_args.on_corrupt skip to skip such files)") from None
+        raise UnreadableImageError(f"cannot decode image file {path}: {first_line(err)} (pass --data.init_args.on_corrupt skip to skip such files)") from None
 
 
 def resize_image(image: Tensor, resize: int | None, size: int | None, interpolation: str = "bilinear") -> Tensor:
     """Shorter side to ``resize`` (aspect kept), then the central ``size`` square; None skips a step."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2.functional import center_crop, resize as resize_fn
-
     if resize is not None and min(image.shape[-2:]) != resize:
         image = resize_fn(image, resize, interpolation=InterpolationMode(interpolation), antialias=True)
     if size is not None and tuple(image.shape[-2:]) != (size, size):
@@ -90,11 +89,10 @@ def decode_files(
 
 
 def _cache_path(name: str, files: list[Path], options: str) -> Path:
-    cache_root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ssl-norms")
     newest = max(f.stat().st_mtime_ns for f in files)
     listing = hashlib.sha1("\n".join(str(f.absolute()) for f in files).encode()).hexdigest()
     key = hashlib.sha1(f"{listing}|{len(files)}|{newest}|{options}".encode()).hexdigest()[:16]
-    return cache_root / f"{name}-{key}.pt"
+    return cache_root() / f"{name}-{key}.pt"
 
 
 def load_images(
