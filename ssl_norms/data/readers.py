@@ -17,7 +17,7 @@ from torch import Tensor
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from ssl_norms.data.image_folder import IMAGE_SUFFIXES, load_image_folder
-from ssl_norms.data.paths import FLOWERS_FOLDER, FLOWERS_LAYOUT, MNIST_RAW, ROOT_HINT, CifarLayout, find_imagenet_folder
+from ssl_norms.data.paths import FLOWERS_FOLDER, FLOWERS_LAYOUT, MNIST_RAW, ROOT_HINT, CifarLayout, find_imagenet_folder, first_line
 
 FLOWERS_SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}  # names in setid.mat
 IMAGENET_MAX_PER_CLASS = 1300  # the paper keeps at most 1300 training images per class
@@ -41,6 +41,8 @@ def read_cifar_pickles(folder: Path, names: tuple[str, ...], label_key: str) -> 
             labels.extend(entry[label_key])
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
             raise ValueError(f"cannot read CIFAR batch file {path} ({type(err).__name__}: {err}); re-download it with --data.init_args.download true") from None
+        if len(labels) != sum(map(len, images)):
+            raise ValueError(f"CIFAR batch file {path} holds {len(images[-1])} images but {len(entry[label_key])} labels; re-download it with --data.init_args.download true")
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
 
 
@@ -89,21 +91,28 @@ def read_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
 
 
 # ---- Flowers102 --------------------------------------------------------------------------------
+def _loadmat(path: Path, what: str) -> dict:
+    try:
+        return loadmat(str(path))
+    except Exception as err:  # scipy raises many kinds on an empty, truncated or foreign file
+        raise ValueError(f"cannot read the Flowers102 {what} file {path} ({type(err).__name__}: {first_line(err)}); re-download it") from None
+
+
 def read_flowers_splits(setid_path: Path) -> dict[str, np.ndarray]:
     """Image ids (1-based) of the official ``train``/``val``/``test`` splits in ``setid.mat``."""
-    try:
-        setid = loadmat(str(setid_path))
-        return {split: np.asarray(setid[key]).astype(np.int64).ravel() for split, key in FLOWERS_SPLIT_KEYS.items()}
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot read the Flowers102 split file {setid_path}: {err}") from None
+    setid = _loadmat(setid_path, "split")
+    missing = [key for key in FLOWERS_SPLIT_KEYS.values() if key not in setid]
+    if missing:
+        raise ValueError(f"the Flowers102 split file {setid_path} has no {', '.join(missing)}; re-download it")
+    return {split: np.asarray(setid[key]).astype(np.int64).ravel() for split, key in FLOWERS_SPLIT_KEYS.items()}
 
 
 def read_flowers_labels(labels_path: Path) -> np.ndarray:
     """0-based class of every image (``imagelabels.mat`` stores classes 1..102 by image id)."""
-    try:
-        return np.asarray(loadmat(str(labels_path))["labels"]).astype(np.int64).ravel() - 1
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot read the Flowers102 label file {labels_path}: {err}") from None
+    labels = _loadmat(labels_path, "label")
+    if "labels" not in labels:
+        raise ValueError(f"the Flowers102 label file {labels_path} has no labels; re-download it")
+    return np.asarray(labels["labels"]).astype(np.int64).ravel() - 1
 
 
 def flowers102_files(root: Path, split: str) -> tuple[list[Path], list[int]]:
