@@ -414,7 +414,7 @@ def test_data_config_fragments_stack_on_a_method_config(fragments, data_class, c
     from conftest import REPO
     from ssl_norms.cli import main
 
-    configs = [arg for name in fragments for arg in ("--config", str(REPO / "configs" / "data" / name))]
+    configs = [arg for name in fragments for arg in ("--data", str(REPO / "configs" / "data" / name))]
     with pytest.raises(SystemExit) as done:
         main(["fit", "--config", str(REPO / "configs" / "simclr" / "cifar10.yaml"), *configs, "--print_config"])
     assert done.value.code == 0
