@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -75,6 +76,46 @@ def test_corrupt_image_is_named(tmp_path, monkeypatch):
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="0001.png"):
         CIFAR10DataModule(root=str(root)).setup()
+
+
+def _cached_cifar_folder(tmp_path, monkeypatch):
+    """A CIFAR-10 image folder decoded once: (DataModule, the training split's cache file)."""
+    monkeypatch.setenv("SSL_NORMS_CACHE", str(tmp_path / "cache"))
+    root = write_image_folder(tmp_path / "data", {"train": 3, "test": 2}, num_classes=2)
+    data = CIFAR10DataModule(root=str(root), num_workers=0)
+    data.setup()
+    (cache,) = (tmp_path / "cache").glob("train-*.pt")
+    return data, cache
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "wrong_shape"])
+def test_corrupt_image_cache_is_rebuilt_from_the_images(tmp_path, monkeypatch, damage):
+    first, cache = _cached_cifar_folder(tmp_path, monkeypatch)
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    elif damage == "garbage":
+        cache.write_bytes(b"\x00not a tensor file" * 64)
+    elif damage == "empty":
+        cache.write_bytes(b"")
+    else:  # a readable file with another set in it: 4 images for 6 files
+        torch.save({"images": torch.zeros(4, 3, 32, 32, dtype=torch.uint8), "labels": torch.zeros(4, dtype=torch.long)}, cache)
+    with pytest.warns(UserWarning, match=f"decoded-image cache {re.escape(str(cache))} is unreadable .*rebuilding it"):
+        again = CIFAR10DataModule(root=first.root, num_workers=0)
+        again.setup()
+    assert torch.equal(again.bank_set.images, first.bank_set.images) and torch.equal(again.bank_set.labels, first.bank_set.labels)
+    saved = torch.load(cache, weights_only=True)  # replaced by a good copy
+    assert torch.equal(saved["images"], first.bank_set.images) and torch.equal(saved["labels"], first.bank_set.labels)
+
+
+def test_corrupt_image_cache_that_cannot_be_replaced_is_one_line_naming_it(tmp_path, monkeypatch):
+    first, cache = _cached_cifar_folder(tmp_path, monkeypatch)
+    cache.unlink()
+    cache.mkdir()  # a non-empty directory where the cache file should be: unreadable and not replaceable
+    (cache / "stray").write_text("x")
+    with pytest.warns(UserWarning, match="rebuilding it"), pytest.raises(ValueError) as err:
+        CIFAR10DataModule(root=first.root, num_workers=0).setup()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"the decoded-image cache {cache} is unreadable") and message.endswith("; delete it")
 
 
 def test_latent_generator_is_seeded_on_sphere_and_imbalanced():

@@ -18,8 +18,8 @@ from torchvision.io import write_jpeg
 from ssl_norms.callbacks import EmbeddingNormMonitor
 from ssl_norms.data import CIFAR100DataModule, CIFAR10DataModule, Flowers102DataModule, ImageNet100DataModule, load_eval_set
 from ssl_norms.data.eval_sets import canonical_eval_set_name
-from ssl_norms.data.flowers import read_flowers_labels, read_flowers_splits
 from ssl_norms.data.imagenet import materialise_hf_imagenet
+from ssl_norms.data.readers import read_flowers_labels, read_flowers_splits
 from ssl_norms.methods import SimCLR
 from test_data import write_cifar10_pickles
 
@@ -105,12 +105,10 @@ def test_cifar100_image_folder(tmp_path):
 
 
 def test_cifar100_download_failure_is_one_line(tmp_path, monkeypatch):
-    import torchvision.datasets
-
     def offline(*args, **kwargs):
         raise OSError("<urlopen error [Errno 101] Network is unreachable>")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    monkeypatch.setattr(CIFAR100DataModule, "torchvision_dataset", staticmethod(offline))
     with pytest.raises(FileNotFoundError) as err:
         CIFAR100DataModule(root=str(tmp_path / "nothing"), download=True).setup()
     message = str(err.value)
@@ -313,6 +311,48 @@ def test_eval_set_names_and_missing_data(tmp_path):
         load_eval_set("mnist", tmp_path)
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_corrupt_dataset_files_are_one_line_naming_the_file(tmp_path, damage):
+    """Every on-disk format: a damaged file is a one-line ValueError naming it."""
+    write_flowers(tmp_path, FLOWER_SPLITS, num_images=26)
+    write_cifar100_pickles(tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(2 * 28 * 28))
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 2, 3, 7]))
+    assert load_eval_set("mnist", tmp_path).targets.tolist() == [3, 7]  # the fixture itself is readable
+    cases = {
+        tmp_path / "flowers-102" / "setid.mat": lambda: Flowers102DataModule(root=str(tmp_path)).setup(),
+        tmp_path / "flowers-102" / "imagelabels.mat": lambda: load_eval_set("flowers102_val", tmp_path),
+        tmp_path / "cifar-100-python" / "test": lambda: load_eval_set("cifar100_test", tmp_path),
+        raw / "t10k-images-idx3-ubyte": lambda: load_eval_set("mnist", tmp_path),
+    }
+    for path, load in cases.items():
+        intact = path.read_bytes()
+        {"empty": lambda: path.write_bytes(b""), "truncated": lambda: _truncate(path),
+         "garbage": lambda: path.write_bytes(b"\x07garbage" * 40)}[damage]()
+        with pytest.raises(ValueError) as err:
+            load()
+        assert "\n" not in str(err.value) and str(path) in str(err.value), (path.name, str(err.value))
+        path.write_bytes(intact)  # one damaged file at a time
+
+
+def test_cifar_batch_with_fewer_labels_than_images_is_named(tmp_path):
+    root = write_cifar100_pickles(tmp_path)
+    path = root / "cifar-100-python" / "train"
+    with open(path, "rb") as f:
+        entry = pickle.load(f)
+    entry["fine_labels"] = entry["fine_labels"][:-1]
+    with open(path, "wb") as f:
+        pickle.dump(entry, f)
+    with pytest.raises(ValueError, match=f"^CIFAR batch file {path} holds 30 images but 29 labels"):
+        CIFAR100DataModule(root=str(root)).setup()
+
+
 def test_file_eval_sets_from_fixtures(tmp_path):
     write_flowers(tmp_path, FLOWER_SPLITS, num_images=26)
     write_imagenet(tmp_path)
@@ -374,7 +414,7 @@ def test_data_config_fragments_stack_on_a_method_config(fragments, data_class, c
     from conftest import REPO
     from ssl_norms.cli import main
 
-    configs = [arg for name in fragments for arg in ("--config", str(REPO / "configs" / "data" / name))]
+    configs = [arg for name in fragments for arg in ("--data", str(REPO / "configs" / "data" / name))]
     with pytest.raises(SystemExit) as done:
         main(["fit", "--config", str(REPO / "configs" / "simclr" / "cifar10.yaml"), *configs, "--print_config"])
     assert done.value.code == 0

@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 
 import ssl_norms.methods as methods
 from conftest import REPO, TINY_DEMO, TINY_RESNET, metric_values, read_metrics_csv, spawn_ranks
@@ -455,28 +454,6 @@ def test_frossl_multi_view_loss_space_is_unnormalised_projection():
     torch.testing.assert_close(step.loss, frossl_loss(z, 1.5))
     with pytest.raises(ValueError, match="at least 2 views"):
         model.ssl_step(views[:1])
-
-
-# ---------------------------------------------------------------------------------------------
-# Configs
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("method", ["simclr", "simsiam", "byol", "isoloss", "frossl"])
-def test_configs_build_their_model_and_cifar100_mirrors_cifar10(method):
-    cifar10 = yaml.safe_load((REPO / "configs" / method / "cifar10.yaml").read_text())
-    cifar100 = yaml.safe_load((REPO / "configs" / method / "cifar100.yaml").read_text())
-    assert cifar10["data"]["class_path"] == "ssl_norms.data.CIFAR10DataModule"
-    assert cifar100["data"]["class_path"] == "ssl_norms.data.CIFAR100DataModule"
-    cifar100["data"]["class_path"] = cifar10["data"]["class_path"]
-    assert cifar100 == cifar10
-    module, name = cifar10["model"]["class_path"].rsplit(".", 1)
-    cls = getattr(__import__(module, fromlist=[name]), name)
-    init_args = {**cifar10["model"]["init_args"], "backbone_width": 4}
-    model = cls(**init_args)
-    assert model.hparams.lr == init_args["lr"]
-    if method == "simsiam":
-        assert cifar10["trainer"]["accumulate_grad_batches"] == 4 and init_args["weight_decay"] == 5e-4
 
 
 # ---------------------------------------------------------------------------------------------

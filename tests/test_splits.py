@@ -119,7 +119,7 @@ def test_fit_on_imbalanced_cifar10_from_real_data(real_data_root, tmp_path):
     run_dir = tmp_path / "imbalanced"
     main([
         "fit", "--config", str(REPO / "configs" / "simclr" / "cifar10.yaml"),
-        "--config", str(REPO / "configs" / "data" / "cifar10_imbalanced.yaml"), *TINY_RESNET,
+        "--data", str(REPO / "configs" / "data" / "cifar10_imbalanced.yaml"), *TINY_RESNET,
         "--data.init_args.root", str(real_data_root), "--data.init_args.batch_size", "32",
         "--data.init_args.extra_eval_sets", "[mnist]",
         "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "2",

@@ -262,43 +262,6 @@ def test_point_check_fails_on_a_wrong_key_value_or_config(tmp_path, fit_parser, 
         check_point(fit_parser, sweep_points(sweep)[0])
 
 
-# dataset -> data fragments of configs/data/ that, stacked on the method's CIFAR-10 config, give the
-# data block of configs/<method>/<dataset>.yaml
-DATA_FRAGMENTS = {
-    "cifar100": ["cifar100.yaml"],
-    "cifar10_imbalanced": ["cifar10_imbalanced.yaml"],
-    "cifar100_imbalanced": ["cifar100.yaml", "cifar100_imbalanced.yaml"],
-    "imagenet100": ["imagenet100.yaml"],
-    "flowers102": ["flowers102.yaml"],
-}
-
-
-@pytest.mark.parametrize("dataset", sorted(DATA_FRAGMENTS))
-@pytest.mark.parametrize("method", ["simclr", "simsiam"])
-def test_base_configs_are_the_cifar10_recipe_on_the_data_fragments(fit_parser, method, dataset):
-    configs = REPO / "configs"
-    stacked = fit_parser.parse_args(
-        ["fit", "--config", str(configs / method / "cifar10.yaml"), *(a for f in DATA_FRAGMENTS[dataset] for a in ("--config", str(configs / "data" / f)))]
-    ).fit
-    own = fit_parser.parse_args(["fit", "--config", str(configs / method / f"{dataset}.yaml")]).fit
-    assert own.data == stacked.data
-    assert own.trainer.callbacks == stacked.trainer.callbacks
-    assert own.model.class_path == stacked.model.class_path
-    changed = {k for k in vars(own.model.init_args) if own.model.init_args[k] != stacked.model.init_args[k]}
-    model, data, trainer = own.model.init_args, own.data.init_args, own.trainer
-    if dataset in ("imagenet100", "flowers102"):  # 128 px images: the ImageNet stem (and SimSiam's ImageNet lr rule)
-        assert changed == ({"cifar_stem", "lr"} if method == "simsiam" else {"cifar_stem"})
-        assert not model.cifar_stem and data.image_size == 128 and data.pipeline == "paper"
-    else:
-        assert not changed
-    if dataset == "flowers102":
-        assert data.splits == "paper"  # trains on the official test split
-    if method == "simclr":
-        assert (model.lr, model.weight_decay, model.temperature, data.batch_size, trainer.accumulate_grad_batches) == (0.3, 1e-6, 0.5, 256, 1)
-    else:
-        assert (model.lr, model.weight_decay, data.batch_size, trainer.accumulate_grad_batches) == (0.2 if dataset in ("imagenet100", "flowers102") else 0.12, 5e-4, 256, 4)
-
-
 # ---------------------------------------------------------------------------------------------
 # A tiny sweep, run end to end
 # ---------------------------------------------------------------------------------------------

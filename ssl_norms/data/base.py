@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from contextlib import nullcontext
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ssl_norms.data.augment import BatchedSimCLRAugmentation, batch_generator
+from ssl_norms.data.datasets import AugmentedViews
+from ssl_norms.data.eval_sets import canonical_eval_set_name, load_eval_set
+from ssl_norms.data.paths import resolve_root
 from ssl_norms.data.resumable import ResumableDataLoader
 from ssl_norms.data.splits import Imbalance
-
-DATA_ENV = "SSL_NORMS_DATA"
-
-
-def resolve_root(root: str | None) -> Path:
-    """The data root: the ``root`` option, else ``$SSL_NORMS_DATA``, else ``./data``."""
-    return Path(root or os.environ.get(DATA_ENV) or "data").expanduser()
+from ssl_norms.data.transforms import eval_transform
+from ssl_norms.threads import one_cpu_thread
 
 
 def seeded_subset(n: int, size: int | None, seed: int) -> torch.Tensor:
@@ -103,8 +101,6 @@ class SSLDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.max_train_samples, self.max_val_samples, self.seed = max_train_samples, max_val_samples, seed
         self.imbalance = Imbalance(**imbalance) if isinstance(imbalance, dict) else imbalance
-        from ssl_norms.data.eval_sets import canonical_eval_set_name
-
         self.extra_eval_sets = [canonical_eval_set_name(name) for name in extra_eval_sets or []]
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -151,8 +147,6 @@ class SSLDataModule(L.LightningDataModule):
         """An extra evaluation set at this DataModule's evaluation size and normalisation."""
         if self.eval_image_size is None:
             raise ValueError(f"{type(self).__name__} has no image evaluation set; extra_eval_sets needs an image DataModule")
-        from ssl_norms.data.eval_sets import load_eval_set
-
         resize = getattr(self, "eval_resize", None)  # the standard ImageNet pipeline's 256/224 rule
         return load_eval_set(name, self.root, size=self.eval_image_size, mean=self.mean, std=self.std, resize=resize,
                              on_corrupt=getattr(self, "on_corrupt", "error"))
@@ -239,32 +233,21 @@ class ImageDataModule(SSLDataModule):
         self.augment_on, self.on_corrupt = augment_on, on_corrupt
         self.augment = None
 
-    def augmentation(self, size: int, crop: bool = True):
-        from ssl_norms.data.augment import BatchedSimCLRAugmentation
-
+    def augmentation(self, size: int, crop: bool = True) -> BatchedSimCLRAugmentation:
         return BatchedSimCLRAugmentation(size, self.mean, self.std, self.jitter_strength, self.min_scale, crop=crop)
 
     def plain_transform(self, rgb: bool = False):
         """Evaluation transform of images already at the evaluation size."""
-        from ssl_norms.data.transforms import eval_transform
-
         return eval_transform(self.mean, self.std, rgb=rgb)
 
     def training_views(self, source, labels: torch.Tensor, size: int, crop_at_decode: bool = False) -> Dataset:
         """The training set over ``source`` (uint8 tensor or ImageFiles), augmented where ``augment_on`` says."""
-        from ssl_norms.data.datasets import AugmentedViews
-
         self.augment = self.augmentation(size, crop=not crop_at_decode)
         return AugmentedViews(source, labels, self.augment, self.num_views, crop_at_decode=crop_at_decode, raw=self.augment_on == "device")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.augment_on != "device" or not isinstance(batch, dict) or "images" not in batch:
             return batch
-        from contextlib import nullcontext
-
-        from ssl_norms.data.augment import batch_generator
-        from ssl_norms.threads import one_cpu_thread
-
         images = batch["images"]
         rank = self.trainer.global_rank if self.trainer is not None else 0
         generator = batch_generator(rank, device=images.device)

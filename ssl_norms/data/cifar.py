@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
-
-import numpy as np
-import torch
 from torch import Tensor
+from torchvision.datasets import CIFAR10, CIFAR100
 
-from ssl_norms.data.base import DATA_ENV, ImageDataModule
+from ssl_norms.data.base import ImageDataModule
 from ssl_norms.data.datasets import InMemoryImages
-from ssl_norms.data.image_folder import load_image_folder
+from ssl_norms.data.paths import CIFAR10_LAYOUT, CIFAR100_LAYOUT, first_line
+from ssl_norms.data.readers import cifar_missing, read_cifar
 from ssl_norms.data.transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-
-
-def read_cifar_pickles(folder: Path, names: tuple[str, ...], label_key: str) -> tuple[Tensor, Tensor]:
-    """Images and labels from torchvision's CIFAR batches (pickled dicts of uint8 rows).
-
-    Read directly rather than through torchvision's dataset class, whose md5 check would reject
-    anything but the official archive (such as the generated fixtures the tests use)."""
-    images, labels = [], []
-    for name in names:
-        path = folder / name
-        if not path.exists():
-            raise FileNotFoundError(f"missing CIFAR batch file {path}; re-download with --data.init_args.download true")
-        try:
-            with open(path, "rb") as handle:
-                entry = pickle.load(handle, encoding="latin1")
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(entry[label_key])
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
-            raise ValueError(f"cannot read CIFAR batch file {path} ({type(err).__name__}: {err}); re-download it with --data.init_args.download true") from None
-    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -52,11 +29,8 @@ class CIFAR10DataModule(ImageDataModule):
     """
 
     num_classes = 10
-    torchvision_folder = "cifar-10-batches-py"
-    image_folder_names = ("cifar10-jpg", "cifar10", "")
-    train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
-    test_files = ("test_batch",)
-    label_key = "labels"
+    layout = CIFAR10_LAYOUT
+    torchvision_dataset = CIFAR10  # what download=True fetches
     mean, std = CIFAR10_MEAN, CIFAR10_STD
     eval_set_name = "cifar10_test"
     eval_image_size = 32
@@ -65,36 +39,19 @@ class CIFAR10DataModule(ImageDataModule):
         super().__init__(jitter_strength=jitter_strength, min_scale=min_scale, num_views=num_views, **kwargs)
         self.download = download
 
-    def _download(self) -> None:
-        from torchvision.datasets import CIFAR10
-
-        CIFAR10(str(self.root), train=True, download=True)
-
-    def _missing(self, detail: str = "") -> FileNotFoundError:
-        return FileNotFoundError(
-            f"{type(self).__name__}: no data under {self.root} (searched {self.torchvision_folder}/ and "
-            f"{{{','.join(n or '.' for n in self.image_folder_names)}}}/{{train,test}}/<class>/){detail}; set the root with "
-            f"--data.init_args.root or ${DATA_ENV}, or pass --data.init_args.download true"
-        )
+    @property
+    def torchvision_folder(self) -> str:
+        """The folder of torchvision's pickled copy under the root (its original sample order)."""
+        return self.layout.torchvision_folder
 
     def load_split(self, train: bool) -> tuple[Tensor, Tensor]:
         """uint8 (N, 3, 32, 32) images and labels of the train or test split."""
-        if self.download and not (self.root / self.torchvision_folder).is_dir():
+        if self.download and not (self.root / self.layout.torchvision_folder).is_dir():
             try:
-                self._download()
+                self.torchvision_dataset(str(self.root), train=True, download=True)
             except Exception as err:  # no network, a proxy, a full disk: say so on one line
-                raise self._missing(f"; the download failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
-        if (self.root / self.torchvision_folder).is_dir():
-            return read_cifar_pickles(self.root / self.torchvision_folder, self.train_files if train else self.test_files, self.label_key)
-        split = "train" if train else "test"
-        for name in self.image_folder_names:
-            split_dir = self.root / name / split
-            if split_dir.is_dir():
-                images, labels, _ = load_image_folder(split_dir, on_corrupt=self.on_corrupt)
-                if images.shape[-2:] != (32, 32):
-                    raise ValueError(f"{split_dir} holds {tuple(images.shape[-2:])} images; {type(self).__name__} expects 32x32")
-                return images, labels
-        raise self._missing()
+                raise cifar_missing(self.layout, self.root, f"; the download failed ({type(err).__name__}: {first_line(err)})") from None
+        return read_cifar(self.root, self.layout, train, self.on_corrupt)
 
     def build(self) -> None:
         train_images, train_labels = self.load_split(train=True)
@@ -114,15 +71,7 @@ class CIFAR100DataModule(CIFAR10DataModule):
     """
 
     num_classes = 100
-    torchvision_folder = "cifar-100-python"
-    image_folder_names = ("cifar100",)
-    train_files = ("train",)
-    test_files = ("test",)
-    label_key = "fine_labels"
+    layout = CIFAR100_LAYOUT
+    torchvision_dataset = CIFAR100
     mean, std = CIFAR100_MEAN, CIFAR100_STD
     eval_set_name = "cifar100_test"
-
-    def _download(self) -> None:
-        from torchvision.datasets import CIFAR100
-
-        CIFAR100(str(self.root), train=True, download=True)

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2.functional import resized_crop
 
 from ssl_norms.data.augment import BatchedSimCLRAugmentation, batch_generator, random_crop_boxes
 from ssl_norms.data.image_folder import read_image, resize_image
@@ -176,15 +178,13 @@ class AugmentedViews(LabelledItems):
         return torch.stack([image for image, _ in read]), torch.tensor([k for _, k in read])
 
     def _cropped_views(self, positions: Tensor, generator: torch.Generator) -> tuple[list[Tensor], Tensor]:
-        from torchvision.transforms.v2.functional import resized_crop
-
         size, views, read_positions = self.augment.size, [[] for _ in range(self.num_views)], []
         for j in positions:
             image, k = self.source.read(int(j), full=True)
             read_positions.append(k)
             boxes = random_crop_boxes(self.num_views, image.shape[-2], image.shape[-1], self.augment.scale, self.augment.ratio, generator)
             for v, (top, left, h, w) in enumerate(boxes.tolist()):
-                views[v].append(resized_crop(image, top, left, h, w, [size, size], interpolation=_interpolation(self.source.interpolation), antialias=True))
+                views[v].append(resized_crop(image, top, left, h, w, [size, size], interpolation=InterpolationMode(self.source.interpolation), antialias=True))
         return [torch.stack(v) for v in views], torch.tensor(read_positions)
 
     def batch(self, items: list[int]) -> dict:
@@ -211,8 +211,3 @@ class AugmentedViews(LabelledItems):
     def __getitem__(self, i: int) -> dict:
         return self.__getitems__([i])[0]
 
-
-def _interpolation(name: str):
-    from torchvision.transforms import InterpolationMode
-
-    return InterpolationMode(name)

@@ -28,42 +28,19 @@ set's own dataset statistics; pass the ``mean``/``std`` of the DataModule a mode
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
-from torch import Tensor
 from torch.utils.data import Dataset
 
-from ssl_norms.data.base import DATA_ENV, resolve_root
 from ssl_norms.data.datasets import ImageFiles, InMemoryImages
 from ssl_norms.data.image_folder import resize_image
+from ssl_norms.data.paths import CIFAR10_LAYOUT, CIFAR100_LAYOUT, resolve_root
+from ssl_norms.data.readers import flowers102_files, imagenet100_files, read_cifar, read_mnist
 from ssl_norms.data.transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 MNIST_MEAN, MNIST_STD = (0.1307,) * 3, (0.3081,) * 3
 ALIASES = {"mnist": "mnist_test", "flowers102": "flowers102_test"}
-
-
-def _cifar(module: str, train: bool) -> Callable[[Path], tuple[Tensor, Tensor]]:
-    def load(root: Path) -> tuple[Tensor, Tensor]:
-        from ssl_norms.data import cifar
-
-        return getattr(cifar, module)(root=str(root)).load_split(train)
-
-    return load
-
-
-def load_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
-    """uint8 (N, 1, 28, 28) digits and labels from torchvision's ``MNIST/raw`` IDX files."""
-    from torchvision.datasets import MNIST
-
-    raw = Path(root) / "MNIST" / "raw"
-    stem = "train" if train else "t10k"
-    if not any((raw / f"{stem}-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz")):
-        raise FileNotFoundError(
-            f"no MNIST under {root} (expected {raw}/{stem}-images-idx3-ubyte and {stem}-labels-idx1-ubyte, torchvision's layout); "
-            f"set the root with --data.init_args.root or ${DATA_ENV}, or download it once with torchvision.datasets.MNIST(root, download=True)"
-        )
-    dataset = MNIST(str(root), train=train, download=False)
-    return dataset.data.unsqueeze(1).contiguous(), dataset.targets.long()
 
 
 def _in_memory(loader, native: int, mean, std, rgb: bool = False):
@@ -87,36 +64,18 @@ def _files(loader, native: int, mean, std):
     return build
 
 
-def _flowers(split: str):
-    def load(root: Path):
-        from ssl_norms.data.flowers import flowers102_files
-
-        return flowers102_files(root, split)
-
-    return load
-
-
-def _imagenet(split: str):
-    def load(root: Path):
-        from ssl_norms.data.imagenet import imagenet100_files
-
-        return imagenet100_files(root, split)
-
-    return load
-
-
 EVAL_SETS: dict[str, Callable[..., Dataset]] = {
-    "cifar10_train": _in_memory(_cifar("CIFAR10DataModule", True), 32, CIFAR10_MEAN, CIFAR10_STD),
-    "cifar10_test": _in_memory(_cifar("CIFAR10DataModule", False), 32, CIFAR10_MEAN, CIFAR10_STD),
-    "cifar100_train": _in_memory(_cifar("CIFAR100DataModule", True), 32, CIFAR100_MEAN, CIFAR100_STD),
-    "cifar100_test": _in_memory(_cifar("CIFAR100DataModule", False), 32, CIFAR100_MEAN, CIFAR100_STD),
-    "mnist_train": _in_memory(lambda root: load_mnist(root, True), 32, MNIST_MEAN, MNIST_STD, rgb=True),
-    "mnist_test": _in_memory(lambda root: load_mnist(root, False), 32, MNIST_MEAN, MNIST_STD, rgb=True),
-    "flowers102_train": _files(_flowers("train"), 128, IMAGENET_MEAN, IMAGENET_STD),
-    "flowers102_val": _files(_flowers("val"), 128, IMAGENET_MEAN, IMAGENET_STD),
-    "flowers102_test": _files(_flowers("test"), 128, IMAGENET_MEAN, IMAGENET_STD),
-    "imagenet100_train": _files(_imagenet("train"), 128, IMAGENET_MEAN, IMAGENET_STD),
-    "imagenet100_val": _files(_imagenet("val"), 128, IMAGENET_MEAN, IMAGENET_STD),
+    "cifar10_train": _in_memory(partial(read_cifar, layout=CIFAR10_LAYOUT, train=True), 32, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar10_test": _in_memory(partial(read_cifar, layout=CIFAR10_LAYOUT, train=False), 32, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100_train": _in_memory(partial(read_cifar, layout=CIFAR100_LAYOUT, train=True), 32, CIFAR100_MEAN, CIFAR100_STD),
+    "cifar100_test": _in_memory(partial(read_cifar, layout=CIFAR100_LAYOUT, train=False), 32, CIFAR100_MEAN, CIFAR100_STD),
+    "mnist_train": _in_memory(partial(read_mnist, train=True), 32, MNIST_MEAN, MNIST_STD, rgb=True),
+    "mnist_test": _in_memory(partial(read_mnist, train=False), 32, MNIST_MEAN, MNIST_STD, rgb=True),
+    "flowers102_train": _files(partial(flowers102_files, split="train"), 128, IMAGENET_MEAN, IMAGENET_STD),
+    "flowers102_val": _files(partial(flowers102_files, split="val"), 128, IMAGENET_MEAN, IMAGENET_STD),
+    "flowers102_test": _files(partial(flowers102_files, split="test"), 128, IMAGENET_MEAN, IMAGENET_STD),
+    "imagenet100_train": _files(partial(imagenet100_files, split="train"), 128, IMAGENET_MEAN, IMAGENET_STD),
+    "imagenet100_val": _files(partial(imagenet100_files, split="val"), 128, IMAGENET_MEAN, IMAGENET_STD),
 }
 
 

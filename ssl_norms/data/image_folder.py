@@ -11,9 +11,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2.functional import center_crop, resize as resize_fn
+
+from ssl_norms.data.paths import cache_root, first_line
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-CACHE_ENV = "SSL_NORMS_CACHE"
 
 
 def list_image_folder(split_dir: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -48,15 +51,11 @@ def read_image(path: Path, skip: bool = False) -> Tensor | None:
     except (RuntimeError, ValueError, OSError) as err:
         if skip:
             return None
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UnreadableImageError(f"cannot decode image file {path}: {reason} (pass --data.init_args.on_corrupt skip to skip such files)") from None
+        raise UnreadableImageError(f"cannot decode image file {path}: {first_line(err)} (pass --data.init_args.on_corrupt skip to skip such files)") from None
 
 
 def resize_image(image: Tensor, resize: int | None, size: int | None, interpolation: str = "bilinear") -> Tensor:
     """Shorter side to ``resize`` (aspect kept), then the central ``size`` square; None skips a step."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2.functional import center_crop, resize as resize_fn
-
     if resize is not None and min(image.shape[-2:]) != resize:
         image = resize_fn(image, resize, interpolation=InterpolationMode(interpolation), antialias=True)
     if size is not None and tuple(image.shape[-2:]) != (size, size):
@@ -90,11 +89,37 @@ def decode_files(
 
 
 def _cache_path(name: str, files: list[Path], options: str) -> Path:
-    cache_root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ssl-norms")
     newest = max(f.stat().st_mtime_ns for f in files)
     listing = hashlib.sha1("\n".join(str(f.absolute()) for f in files).encode()).hexdigest()
     key = hashlib.sha1(f"{listing}|{len(files)}|{newest}|{options}".encode()).hexdigest()[:16]
-    return cache_root / f"{name}-{key}.pt"
+    return cache_root() / f"{name}-{key}.pt"
+
+
+def _read_cache(path: Path, count: int, size: int | None, complete: bool) -> tuple[Tensor, Tensor]:
+    """(images, labels) saved in ``path`` for ``count`` files; a ValueError saying what is wrong when
+    the file is unreadable or does not hold such a set (truncated, garbage, another shape)."""
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as err:  # truncated zip, garbage, a directory...: whatever it is, it is not our cache
+        raise ValueError(f"{type(err).__name__}: {first_line(err)}") from None
+    images, labels = (saved.get("images"), saved.get("labels")) if isinstance(saved, dict) else (None, None)
+    if not isinstance(images, Tensor) or not isinstance(labels, Tensor):
+        raise ValueError("not a dict of images and labels")
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3 or labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"images {images.dtype} {tuple(images.shape)} and labels {tuple(labels.shape)} are not a decoded set")
+    if len(images) > count or (complete and len(images) != count) or (size is not None and tuple(images.shape[-2:]) != (size, size)):
+        raise ValueError(f"{len(images)} images of {tuple(images.shape[-2:])} px, expected {count} of {size} px")
+    return images, labels.long()
+
+
+def _write_cache(path: Path, images: Tensor, labels: Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        torch.save({"images": images, "labels": labels}, tmp)
+        tmp.replace(path)  # atomic: concurrent ranks never read a half-written cache
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_images(
@@ -102,24 +127,30 @@ def load_images(
     on_corrupt: str = "error", cache: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """(uint8 images, labels) of ``files``, decoded once and cached on disk (``$SSL_NORMS_CACHE``,
-    default ``~/.cache/ssl-norms``) so later runs start in a second. Skipped files drop their label."""
+    default ``~/.cache/ssl-norms``) so later runs start in a second. Skipped files drop their label.
+
+    An unreadable cache file (truncated, garbage, another shape) is rebuilt from the image files with
+    a warning; when it cannot be replaced, a one-line error names it and says to delete it."""
     if not files:
         raise FileNotFoundError("no image files to load")
     label_t = torch.as_tensor(labels, dtype=torch.long)
     path = _cache_path(name, files, f"{size}|{interpolation}|{on_corrupt}") if cache else None
+    broken = None  # why the existing cache file could not be used
     if path is not None and path.exists():
-        saved = torch.load(path, weights_only=True)
-        return saved["images"], saved["labels"]
+        try:
+            return _read_cache(path, len(files), size, complete=on_corrupt == "error")
+        except ValueError as err:
+            broken = str(err)
+            warnings.warn(f"the decoded-image cache {path} is unreadable ({broken}); rebuilding it from the {len(files)} image files")
     images, kept = decode_files(files, size, interpolation, on_corrupt)
     label_t = label_t[kept]
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save({"images": images, "labels": label_t}, tmp)
-            tmp.replace(path)  # atomic: concurrent ranks never read a half-written cache
-        except OSError:
-            pass  # a read-only cache location only costs decoding time
+            _write_cache(path, images, label_t)
+        except (OSError, RuntimeError) as err:  # RuntimeError: torch.save on a full disk
+            if broken is not None:  # left in place, it would be decoded around on every run
+                raise ValueError(f"the decoded-image cache {path} is unreadable ({broken}) and cannot be replaced ({first_line(err)}); delete it") from None
+            # a read-only cache location only costs decoding time
     return images, label_t
 
 

@@ -6,73 +6,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ssl_norms.data.base import DATA_ENV
 from ssl_norms.data.file_images import ImageFilesDataModule
 from ssl_norms.data.image_folder import IMAGE_SUFFIXES
+from ssl_norms.data.paths import IMAGENET_FOLDER_NAMES, find_imagenet_folder, first_line
+from ssl_norms.data.readers import IMAGENET_MAX_PER_CLASS, imagenet100_files
 
-FOLDER_NAMES = ("imagenet100", "imagenet-100", "")  # searched under the root, in order
 HF_SPLITS = {"train": ("train",), "val": ("validation", "val")}  # ours -> names on the Hub
 COMPLETE_MARK = ".complete"
-MAX_PER_CLASS = 1300  # the paper keeps at most 1300 training images per class
-
-
-def read_class_list(path: Path) -> list[str]:
-    """Class folder names (wnids), one a line; blank lines and ``#`` comments ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"class_list file {path} does not exist")
-    names = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
-    names = [n for n in names if n]
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"class_list {path} must name at least one class, each once")
-    return names
-
-
-def find_imagenet_folder(root: Path, folder: str | None = None) -> Path:
-    """The folder holding ``train/`` and ``val/`` (``folder`` under ``root``, else searched)."""
-    candidates = [folder] if folder is not None else list(FOLDER_NAMES)
-    for name in candidates:
-        path = Path(root) / name
-        if (path / "train").is_dir() and (path / "val").is_dir():
-            return path
-    searched = ",".join(n or "." for n in candidates)
-    raise FileNotFoundError(
-        f"no ImageNet-100 under {root} (searched {{{searched}}}/{{train,val}}/<wnid>/*); set the root with "
-        f"--data.init_args.root or ${DATA_ENV}, or pass --data.init_args.huggingface clane9/imagenet-100 to download it once"
-    )
-
-
-def imagenet100_files(
-    root: Path, split: str, class_list: str | Path | None = None, max_per_class: int | None = MAX_PER_CLASS, folder: str | None = None
-) -> tuple[list[Path], list[int]]:
-    """Files and labels of ``split`` (``train`` or ``val``): classes are the folder names of ``train/``
-    (or the ``class_list`` subset) in sorted order; files sorted by name, at most ``max_per_class`` per
-    class in the training split (the first ones, so the choice is deterministic)."""
-    if split not in ("train", "val"):
-        raise ValueError(f"ImageNet-100 split must be 'train' or 'val', got {split!r}")
-    base = find_imagenet_folder(Path(root), folder)
-    available = sorted(d.name for d in (base / "train").iterdir() if d.is_dir())
-    if class_list is not None:
-        wanted = read_class_list(Path(class_list))
-        unknown = [c for c in wanted if c not in set(available)]
-        if unknown:
-            raise ValueError(f"class_list {class_list}: {len(unknown)} classes not found under {base / 'train'} (first: {unknown[0]})")
-        classes = sorted(wanted)
-    else:
-        classes = available
-    if not classes:
-        raise FileNotFoundError(f"no class folders under {base / 'train'}; expected train/<wnid>/*")
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        class_dir = base / split / name
-        if not class_dir.is_dir():
-            raise FileNotFoundError(f"class {name} has no folder {class_dir}; {split}/ must hold the same classes as train/")
-        members = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if split == "train" and max_per_class is not None:
-            members = members[:max_per_class]
-        files += members
-        labels += [label] * len(members)
-    return files, labels
 
 
 def _write_image(image, path: Path) -> None:
@@ -94,7 +34,7 @@ def materialise_hf_imagenet(dataset_id: str, target: Path, load_dataset=None) ->
     if (target / COMPLETE_MARK).exists():
         return target
     if load_dataset is None:
-        try:
+        try:  # the optional `hf` extra, heavy to import: only when a Hub copy is asked for
             from datasets import Image, load_dataset as hf_load
         except ImportError:
             raise ValueError("loading ImageNet-100 from the Hugging Face Hub needs the `datasets` package: pip install 'ssl-norms[hf]'") from None
@@ -111,7 +51,7 @@ def materialise_hf_imagenet(dataset_id: str, target: Path, load_dataset=None) ->
                 dataset = load_dataset(dataset_id, split=hub_name)
                 break
             except (ValueError, KeyError) as err:
-                errors.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+                errors.append(first_line(err))
         if dataset is None:
             raise ValueError(f"{dataset_id} has no split {' or '.join(hub_names)} ({'; '.join(errors)})")
         names = list(dataset.features["label"].names)
@@ -148,7 +88,7 @@ class ImageNet100DataModule(ImageFilesDataModule):
     eval_set_name = "imagenet100_val"
 
     def __init__(
-        self, class_list: str | None = None, max_per_class: int | None = MAX_PER_CLASS, folder: str | None = None,
+        self, class_list: str | None = None, max_per_class: int | None = IMAGENET_MAX_PER_CLASS, folder: str | None = None,
         huggingface: str | None = None, **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -162,7 +102,7 @@ class ImageNet100DataModule(ImageFilesDataModule):
             try:
                 find_imagenet_folder(self.root)
             except FileNotFoundError:
-                materialise_hf_imagenet(self.huggingface, self.root / FOLDER_NAMES[0])
+                materialise_hf_imagenet(self.huggingface, self.root / IMAGENET_FOLDER_NAMES[0])
         files, labels = imagenet100_files(self.root, "train" if split == "train" else "val", self.class_list, self.max_per_class, self.folder)
         self.num_classes = max(labels) + 1
         if split == "train":

@@ -1,0 +1,121 @@
+"""configs/: how files compose (configs/README.md), and that every user-facing config resolves to
+the recipe it states."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import REPO
+from test_sweep import fit_parser  # noqa: F401  (the real `ssl-norms fit` parser, built once)
+
+CONFIGS = REPO / "configs"
+METHODS = sorted(p.parent.name for p in CONFIGS.glob("*/cifar10.yaml") if "model" in yaml.safe_load(p.read_text()))  # not data/
+
+
+def parse(parser, *args):
+    """The parsed `fit` config, without the file paths jsonargparse records beside the values."""
+    return parser.parse_args(["fit", *map(str, args)]).fit.clone(with_meta=False)
+
+
+def test_composition_rules_hold_for_the_installed_jsonargparse(fit_parser, tmp_path):
+    """The rules configs/README.md states, on small files in another folder than configs/: a file
+    builds on the one its first key `config:` names (paths relative to the file); a dotted key
+    changes one value; a block replaces the base's block; a data file is a data block on the
+    command line too (`--data FILE`, merged into the current one)."""
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "extra.yaml").write_text("init_args:\n  extra_eval_sets: [mnist_test]\n")
+    (own / "tweaked.yaml").write_text(
+        f"config: {CONFIGS / 'simsiam' / 'cifar10.yaml'}\n"
+        "trainer.max_epochs: 7\n"
+        "model.init_args.lr: 0.5\n"
+        "data.init_args.num_workers: 5\n"
+    )
+    (own / "chained.yaml").write_text(
+        "config: tweaked.yaml\n"                       # relative to this file, not to the working directory
+        "data:\n  class_path: ssl_norms.data.CIFAR100DataModule\n  init_args:\n    batch_size: 64\n"
+    )
+    base = parse(fit_parser, "--config", CONFIGS / "simsiam" / "cifar10.yaml")
+    tweaked = parse(fit_parser, "--config", own / "tweaked.yaml")
+    assert (tweaked.trainer.max_epochs, tweaked.model.init_args.lr, tweaked.data.init_args.num_workers) == (7, 0.5, 5)
+    # everything else is the base's: the monitor callbacks, the accumulation, the other model values
+    assert tweaked.trainer.callbacks == base.trainer.callbacks and tweaked.trainer.accumulate_grad_batches == 4
+    assert {**vars(tweaked.model.init_args), "lr": base.model.init_args.lr} == vars(base.model.init_args)
+    chained = parse(fit_parser, "--config", own / "chained.yaml")
+    assert chained.data.class_path == "ssl_norms.data.CIFAR100DataModule"
+    assert chained.data.init_args.batch_size == 64 and chained.data.init_args.num_workers == 2  # replaced: the class default
+    assert chained.trainer.max_epochs == 7 and chained.model.init_args.lr == 0.5
+    stacked = parse(fit_parser, "--config", own / "chained.yaml", "--data", own / "extra.yaml")
+    assert stacked.data.init_args.extra_eval_sets == ["mnist_test"] and stacked.data.init_args.batch_size == 64
+
+
+def test_every_config_starts_with_what_it_builds_on():
+    """`config:` must come first: keys before it would be overwritten by the base."""
+    for path in CONFIGS.rglob("*.yaml"):
+        keys = list(yaml.safe_load(path.read_text()) or {})
+        if "config" in keys and path.parent.name != "paper":  # sweep files use `config` for their base configs
+            assert keys[0] == "config", f"{path.relative_to(REPO)}: put `config:` first"
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(CONFIGS) for p in CONFIGS.glob("*/*.yaml") if p.parent.name in METHODS), ids=str)
+def test_method_configs_run_the_shared_schedule_and_monitors(fit_parser, path):
+    base = yaml.safe_load((CONFIGS / "base.yaml").read_text())
+    fit = parse(fit_parser, "--config", CONFIGS / path)
+    assert fit.seed_everything == base["seed_everything"]
+    assert [c.class_path for c in fit.trainer.callbacks] == [c["class_path"] for c in base["trainer"]["callbacks"]]
+    knn = fit.trainer.callbacks[1].init_args
+    assert (knn.k, knn.temperature, knn.space) == (200, 0.1, "features")
+    assert (fit.trainer.max_epochs, fit.trainer.check_val_every_n_epoch, fit.trainer.precision) == (500, 10, "32-true")
+    assert fit.model.class_path.startswith("ssl_norms.methods.") and fit.data.class_path.startswith("ssl_norms.data.")
+
+
+# dataset -> data files of configs/data/ that, stacked on the method's CIFAR-10 config with --data,
+# give the data block of configs/<method>/<dataset>.yaml
+DATA_FILES = {
+    "cifar100": ["cifar100.yaml"],
+    "cifar10_imbalanced": ["cifar10_imbalanced.yaml"],
+    "cifar100_imbalanced": ["cifar100.yaml", "cifar100_imbalanced.yaml"],
+    "imagenet100": ["imagenet100.yaml"],
+    "flowers102": ["flowers102.yaml"],
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(DATA_FILES))
+@pytest.mark.parametrize("method", ["simclr", "simsiam"])
+def test_dataset_configs_are_the_cifar10_recipe_on_the_data_files(fit_parser, method, dataset):
+    stacked = parse(fit_parser, "--config", CONFIGS / method / "cifar10.yaml", *(a for f in DATA_FILES[dataset] for a in ("--data", CONFIGS / "data" / f)))
+    own = parse(fit_parser, "--config", CONFIGS / method / f"{dataset}.yaml")
+    assert own.data == stacked.data
+    assert own.trainer.callbacks == stacked.trainer.callbacks
+    assert own.model.class_path == stacked.model.class_path
+    changed = {k for k in vars(own.model.init_args) if own.model.init_args[k] != stacked.model.init_args[k]}
+    model, data, trainer = own.model.init_args, own.data.init_args, own.trainer
+    if dataset in ("imagenet100", "flowers102"):  # 128 px images: the ImageNet stem (and SimSiam's ImageNet lr rule)
+        assert changed == ({"cifar_stem", "lr"} if method == "simsiam" else {"cifar_stem"})
+        assert not model.cifar_stem and data.image_size == 128 and data.pipeline == "paper"
+    else:
+        assert not changed
+    if dataset == "flowers102":
+        assert data.splits == "paper"  # trains on the official test split
+    if method == "simclr":
+        assert (model.lr, model.weight_decay, model.temperature, data.batch_size, trainer.accumulate_grad_batches) == (0.3, 1e-6, 0.5, 256, 1)
+    else:
+        assert (model.lr, model.weight_decay, data.batch_size, trainer.accumulate_grad_batches) == (0.2 if dataset in ("imagenet100", "flowers102") else 0.12, 5e-4, 256, 4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_configs_build_their_model_and_cifar100_mirrors_cifar10(fit_parser, method):
+    cifar10 = parse(fit_parser, "--config", CONFIGS / method / "cifar10.yaml")
+    cifar100 = parse(fit_parser, "--config", CONFIGS / method / "cifar100.yaml")
+    assert cifar10.data.class_path == "ssl_norms.data.CIFAR10DataModule"
+    assert cifar100.data.class_path == "ssl_norms.data.CIFAR100DataModule"
+    cifar100.data.class_path = cifar10.data.class_path
+    assert all(cifar100[key] == cifar10[key] for key in ("seed_everything", "model", "data", "trainer"))
+    module, name = cifar10.model.class_path.rsplit(".", 1)
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    init_args = {**vars(cifar10.model.init_args), "backbone_width": 4}
+    model = cls(**init_args)
+    assert model.hparams.lr == init_args["lr"]
+    if method == "simsiam":
+        assert cifar10.trainer.accumulate_grad_batches == 4 and init_args["weight_decay"] == 5e-4
