@@ -155,7 +155,6 @@ def test_no_import_cycle_outside_data():
     assert outside == []
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on branch b-data")
 def test_data_has_no_import_cycle():
     data = {m: {t for t in targets if within(t, ["ssl_norms.data"])} for m, targets in GRAPH.items() if within(m, ["ssl_norms.data"])}
     assert cycles(data) == []
