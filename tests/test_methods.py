@@ -235,7 +235,7 @@ def test_simsiam_heads_loss_and_exposure():
     torch.testing.assert_close(step.embeddings[0], p1)  # loss space = predictor output
     torch.testing.assert_close(step.loss, 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1)))
     with pytest.raises(ValueError, match="num_views 2"):
-        model.ssl_step(views + views[:1])
+        model.training_step({"views": views + views[:1]}, 0)
 
 
 def test_simsiam_schedule_counts_optimizer_steps_and_fixed_predictor_lr():
@@ -325,7 +325,7 @@ def test_isoloss_correlation_ema_only_in_training():
     out = model.validation_step(batch, 0)
     assert torch.equal(model.correlation, frozen)
     w_p, _ = isotropic_predictor(frozen)
-    torch.testing.assert_close(out["embeddings"], model.projector(model.backbone(views_a[0])) @ w_p)  # loss space = p
+    torch.testing.assert_close(out.embeddings, model.projector(model.backbone(views_a[0])) @ w_p)  # loss space = p
 
 
 def test_isoloss_without_target_uses_stop_gradient_online_projection():
@@ -379,7 +379,7 @@ def test_isoloss_grad_scale_hook_scales_by_predictor_output_norm(kind):
     torch.testing.assert_close(grad_plain, grad_p, rtol=1e-4, atol=1e-6)  # the IsoLoss identity, unchanged
     torch.testing.assert_close(embedding, p)
 
-    model.loss_space_hooks.append(lambda e: grad_scale(e, 1.0))
+    model.loss_space_hooks.append(lambda z, norm_source: grad_scale(z, 1.0, norm_source))
     scaled = z.clone().requires_grad_(True)
     loss_scaled, _ = model.pair_loss(scaled, zt, w_p, w_p_sqrt)
     assert torch.equal(loss_scaled, loss)  # hooks never change the value
@@ -454,7 +454,7 @@ def test_frossl_multi_view_loss_space_is_unnormalised_projection():
     assert not torch.allclose(z[0].norm(dim=0), torch.ones(8))
     torch.testing.assert_close(step.loss, frossl_loss(z, 1.5))
     with pytest.raises(ValueError, match="at least 2 views"):
-        model.ssl_step(views[:1])
+        model.training_step({"views": views[:1]}, 0)
 
 
 # ---------------------------------------------------------------------------------------------
