@@ -17,6 +17,7 @@ from ssl_norms.losses import (
     iso_loss_euclidean,
     isotropic_predictor,
     negative_cosine,
+    vicreg_loss,
 )
 
 
@@ -379,3 +380,64 @@ def test_frossl_rejects_bad_inputs() -> None:
         frossl_loss([z[0], z[0]])
     with pytest.raises(ValueError, match="invariance_weight"):
         frossl_loss([z, z], invariance_weight=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# VICReg
+# ---------------------------------------------------------------------------------------------
+
+
+def test_vicreg_hand_computed() -> None:
+    z1 = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    z2 = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    # invariance: squared differences 0, 1, 0, 1 over 4 entries = 0.5
+    # variance: z1 has Var 2 (std > 1, no hinge) and Var 0 (std sqrt(1e-4) = 0.01, hinge 0.99): mean 0.495;
+    #           z2 has Var 2 in both dimensions: 0
+    # covariance: Cov(z1) = [[2, 0], [0, 0]] has no off-diagonal; Cov(z2) = [[2, 2], [2, 2]]: (4 + 4) / D = 4
+    assert vicreg_loss(z1, z2).item() == pytest.approx(25 * 0.5 + 25 * 0.495 + 1 * 4, rel=1e-6)
+    assert vicreg_loss(z1, z2, 1.0, 0.0, 0.0).item() == pytest.approx(0.5, rel=1e-6)
+    assert vicreg_loss(z1, z2, 0.0, 1.0, 0.0).item() == pytest.approx(0.495, rel=1e-6)
+    assert vicreg_loss(z1, z2, 0.0, 0.0, 1.0).item() == pytest.approx(4.0, rel=1e-6)
+    assert vicreg_loss(z1, z1, 0.0, 1.0, 0.0, gamma=3.0).item() == pytest.approx(2 * (3 - math.sqrt(2.0001) + 3 - 0.01) / 2, rel=1e-6)
+
+
+def _vicreg_reference(z1: torch.Tensor, z2: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Explicit sums in float64; ``batch`` gives the views the variance and covariance are computed over."""
+    z1, z2 = z1.double(), z2.double()
+    n, dim = z1.shape
+    invariance = sum((z1[i, d] - z2[i, d]) ** 2 for i in range(n) for d in range(dim)) / (n * dim)
+    total = 25 * invariance
+    for z in (v.double() for v in batch or (z1, z2)):
+        m = len(z)
+        mean = [sum(z[i, d] for i in range(m)) / m for d in range(dim)]
+        cov = [[sum((z[i, d] - mean[d]) * (z[i, e] - mean[e]) for i in range(m)) / (m - 1) for e in range(dim)] for d in range(dim)]
+        total = total + 25 * sum(max(0.0, 1 - math.sqrt(cov[d][d] + 1e-4)) for d in range(dim)) / dim
+        total = total + sum(cov[d][e] ** 2 for d in range(dim) for e in range(dim) if d != e) / dim
+    return torch.as_tensor(total, dtype=torch.float64)
+
+
+def test_vicreg_matches_reference_and_gathers_only_variance_and_covariance() -> None:
+    z1, z2 = 0.4 * _randn(6, 3, seed=50), 0.4 * _randn(6, 3, seed=51)
+    assert vicreg_loss(z1, z2).item() == pytest.approx(_vicreg_reference(z1, z2).item(), rel=1e-5)
+    # another rank's rows join the variance and covariance, not the invariance term
+    other1, other2 = _randn(4, 3, seed=52), _randn(4, 3, seed=53)
+    others = iter([other1, other2])
+
+    def gather(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return torch.cat([t, next(others)]), 0
+
+    expected = _vicreg_reference(z1, z2, (torch.cat([z1, other1]), torch.cat([z2, other2])))
+    value = vicreg_loss(z1, z2, gather=gather)
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_vicreg_rejects_bad_inputs() -> None:
+    z = _randn(6, 3)
+    with pytest.raises(ValueError, match="same shape"):
+        vicreg_loss(z, z[:, :2])
+    with pytest.raises(ValueError, match="at least 2"):
+        vicreg_loss(z[:1], z[:1])
+    with pytest.raises(ValueError, match="variance_weight"):
+        vicreg_loss(z, z, variance_weight=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        vicreg_loss(z, z, eps=float("nan"))
