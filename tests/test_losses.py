@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from conftest import spawn_ranks
 from ssl_norms.distributed import all_gather_with_grad
 from ssl_norms.losses import (
     directpred_predictor,
@@ -429,6 +434,40 @@ def test_vicreg_matches_reference_and_gathers_only_variance_and_covariance() -> 
     expected = _vicreg_reference(z1, z2, (torch.cat([z1, other1]), torch.cat([z2, other2])))
     value = vicreg_loss(z1, z2, gather=gather)
     assert value.dtype == torch.float32 and value.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _vicreg_setup() -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(0)
+    return torch.nn.Linear(6, 3), torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+
+
+def _vicreg_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
+    try:
+        encoder, x1, x2 = _vicreg_setup()
+        mine = slice(rank * 4, (rank + 1) * 4)
+        vicreg_loss(encoder(x1[mine]), encoder(x2[mine]), gather=all_gather_with_grad).backward()
+        for param in encoder.parameters():  # what DDP does with the gradients
+            dist.all_reduce(param.grad)
+            param.grad /= 2
+        torch.save({n: p.grad for n, p in encoder.named_parameters()}, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_vicreg_ddp_gradients_equal_the_full_batch(tmp_path: Path) -> None:
+    """Variance and covariance over the gathered batch: 2 ranks x 4 rows train like one process with 8."""
+    spawn_ranks(_vicreg_worker, str(tmp_path), timeout_s=60)
+    encoder, x1, x2 = _vicreg_setup()
+    vicreg_loss(encoder(x1), encoder(x2)).backward()
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"rank{rank}.pt")
+        for name, param in encoder.named_parameters():
+            torch.testing.assert_close(grads[name], param.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_vicreg_rejects_bad_inputs() -> None:

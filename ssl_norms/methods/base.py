@@ -105,7 +105,7 @@ class SSLMethod(L.LightningModule):
         self.backbone, self.feature_dim = build_backbone(
             backbone, cifar_stem=cifar_stem, width=backbone_width, input_dim=input_dim, hidden_dims=mlp_hidden_dims
         )
-        # Functions applied to the loss's input right before the loss (see module docstring).
+        # Functions applied to the loss's input right before the loss (ssl_norms.contract).
         self.loss_space_hooks: list[Callable[..., Tensor]] = []
 
     # ---- what a method implements -------------------------------------------------------------
