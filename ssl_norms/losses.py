@@ -1,4 +1,4 @@
-"""SSL losses as pure functions: InfoNCE, negative cosine, IsoLoss (with closed-form predictors), FroSSL.
+"""SSL losses as pure functions: InfoNCE, negative cosine, IsoLoss (with closed-form predictors), FroSSL, VICReg.
 
 Every loss upcasts to float32 and switches autocast off for its own body, so under bf16 autocast
 the similarity matmuls and logs still run in float32; each returns a float32 scalar.
@@ -6,6 +6,7 @@ the similarity matmuls and logs still run in float32; each returns a float32 sca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -205,3 +206,58 @@ def frossl_loss(views: Sequence[Tensor], invariance_weight: float = 1.0) -> Tens
             invariance = F.mse_loss(z, mean_view)
             loss = loss + regulariser + invariance_weight * num_views * dim * invariance
         return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# VICReg
+# ---------------------------------------------------------------------------------------------
+
+
+def _variance_hinge(z: Tensor, gamma: float, eps: float) -> Tensor:
+    """Mean over dimensions of ``relu(gamma - sqrt(var + eps))``, variance over the batch (unbiased)."""
+    return F.relu(gamma - torch.sqrt(z.var(dim=0) + eps)).mean()
+
+
+def _off_diagonal_covariance(z: Tensor) -> Tensor:
+    """Sum of the squared off-diagonal entries of the batch covariance, divided by the dimension."""
+    n, dim = z.shape
+    centred = z - z.mean(dim=0)
+    cov = centred.T @ centred / (n - 1)
+    diagonal = torch.eye(dim, dtype=torch.bool, device=z.device)
+    return cov.masked_fill(diagonal, 0.0).pow(2).sum() / dim
+
+
+def vicreg_loss(
+    z1: Tensor,
+    z2: Tensor,
+    invariance_weight: float = 25.0,
+    variance_weight: float = 25.0,
+    covariance_weight: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+    gather: Gather | None = None,
+) -> Tensor:
+    """VICReg loss (Bardes, Ponce & LeCun 2022, Algorithm 1) of two views of shape (n, D).
+
+    ``invariance_weight * mse(z1, z2) + variance_weight * sum_v mean_d relu(gamma - sqrt(Var(z_v[:, d]) + eps))
+    + covariance_weight * sum_v sum_{d != e} Cov(z_v)[d, e]^2 / D``, with unbiased variances and
+    covariances over the batch. ``gather`` (e.g. :func:`ssl_norms.distributed.all_gather_with_grad`)
+    computes the variance and covariance terms over the global batch, as the official
+    implementation does; the invariance term is a mean over local rows, so DDP's average over
+    ranks is the global-batch loss.
+    """
+    _check_pair("vicreg_loss", z1, z2, "z1", "z2")
+    if z1.shape[0] < 2:
+        raise ValueError(f"vicreg_loss needs a batch of at least 2 (variances over the batch), got {z1.shape[0]}")
+    weights = {"invariance_weight": invariance_weight, "variance_weight": variance_weight, "covariance_weight": covariance_weight}
+    for name, value in {**weights, "gamma": gamma, "eps": eps}.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"vicreg_loss {name} must be a finite number >= 0, got {value}")
+    with _float32_region(z1):
+        z1, z2 = z1.float(), z2.float()
+        invariance = F.mse_loss(z1, z2)
+        if gather is not None:
+            z1, z2 = gather(z1)[0], gather(z2)[0]
+        variance = _variance_hinge(z1, gamma, eps) + _variance_hinge(z2, gamma, eps)
+        covariance = _off_diagonal_covariance(z1) + _off_diagonal_covariance(z2)
+        return invariance_weight * invariance + variance_weight * variance + covariance_weight * covariance

@@ -206,16 +206,19 @@ def test_bad_cut_constant_on_the_command_line_names_the_rule(capsys):
 
 class LossSpaceSpies(Callback):
     """Puts a recording hook right before and right after GradScale's hook in ``loss_space_hooks``
-    (register after GradScale), so a test sees the tensors entering and leaving it on the real path."""
+    (register after GradScale), so a test sees the tensors entering and leaving it on the real path,
+    and the loss-space embeddings (``norm_source``) whose norms scale the gradient."""
 
     def __init__(self, grad_scale: GradScale) -> None:
-        self.grad_scale, self.before, self.after = grad_scale, [], []
+        self.grad_scale, self.before, self.after, self.norm_sources = grad_scale, [], [], []
 
-    def _recorder(self, store):
-        def record(z):
+    def _recorder(self, store, sources=None):
+        def record(z, norm_source):
             if z.requires_grad:
                 z.retain_grad()
             store.append(z)
+            if sources is not None:
+                sources.append(norm_source)
             return z
 
         return record
@@ -224,7 +227,7 @@ class LossSpaceSpies(Callback):
         hooks = pl_module.loss_space_hooks
         position = next(i for i, h in enumerate(hooks) if h is self.grad_scale.hook)
         hooks.insert(position + 1, self._recorder(self.after))
-        hooks.insert(position, self._recorder(self.before))
+        hooks.insert(position, self._recorder(self.before, self.norm_sources))
 
 
 def _one_step(method, callbacks, **trainer_kwargs):
@@ -262,10 +265,14 @@ def test_grad_scale_scales_each_loss_space_gradient_by_norm(method):
     grad_scale = GradScale(power=1.0)
     spies = LossSpaceSpies(grad_scale)
     _one_step(method, [grad_scale, spies])
-    pairs = [(zin, zout) for zin, zout in zip(spies.before, spies.after) if zin.requires_grad and zout.grad is not None]
+    pairs = [
+        (zin, zout, source)
+        for zin, zout, source in zip(spies.before, spies.after, spies.norm_sources)
+        if zin.requires_grad and zout.grad is not None
+    ]
     assert pairs, f"{method.__name__} sends no gradient-carrying tensor through loss_space"
-    for zin, zout in pairs:
-        norms = zin.detach().float().norm(dim=-1, keepdim=True)
+    for zin, zout, source in pairs:
+        norms = source.detach().float().norm(dim=-1, keepdim=True)
         torch.testing.assert_close(zin.grad, zout.grad * norms.to(zout.grad.dtype))
         assert not torch.allclose(zin.grad, zout.grad)  # the scaling really happened
 
@@ -283,12 +290,12 @@ class CosineToFixedTarget(SSLMethod):
             self.head.bias.mul_(scale)
         self.register_buffer("target", torch.randn(32, 8, generator=torch.Generator().manual_seed(1)))
 
-    def project(self, features):
+    def embed_features(self, features):
         return self.head(features)
 
     def ssl_step(self, views):
         features = self.encode_views(views[:1])
-        z = self.loss_space(self.project(features[0]))
+        z = self.loss_space(self.embed_features(features[0]))
         return SSLStep(negative_cosine(z, self.target[: len(z)]) * len(z), features, [z])
 
 
@@ -321,7 +328,7 @@ def test_simclr_loss_space_gradient_is_norm_independent_with_power_one():
 
             class ScaleLossSpace(Callback):
                 def setup(self, trainer, pl_module, stage, scale=scale):
-                    pl_module.loss_space_hooks.insert(0, lambda z: z * scale)
+                    pl_module.loss_space_hooks.insert(0, lambda z, norm_source: z * scale)
 
             _one_step(SimCLR, [ScaleLossSpace(), grad_scale, spies])
             grads[power, scale] = spies.before[0].grad

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from conftest import spawn_ranks
 from ssl_norms.distributed import all_gather_with_grad
 from ssl_norms.losses import (
     directpred_predictor,
@@ -17,6 +22,7 @@ from ssl_norms.losses import (
     iso_loss_euclidean,
     isotropic_predictor,
     negative_cosine,
+    vicreg_loss,
 )
 
 
@@ -379,3 +385,98 @@ def test_frossl_rejects_bad_inputs() -> None:
         frossl_loss([z[0], z[0]])
     with pytest.raises(ValueError, match="invariance_weight"):
         frossl_loss([z, z], invariance_weight=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# VICReg
+# ---------------------------------------------------------------------------------------------
+
+
+def test_vicreg_hand_computed() -> None:
+    z1 = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    z2 = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    # invariance: squared differences 0, 1, 0, 1 over 4 entries = 0.5
+    # variance: z1 has Var 2 (std > 1, no hinge) and Var 0 (std sqrt(1e-4) = 0.01, hinge 0.99): mean 0.495;
+    #           z2 has Var 2 in both dimensions: 0
+    # covariance: Cov(z1) = [[2, 0], [0, 0]] has no off-diagonal; Cov(z2) = [[2, 2], [2, 2]]: (4 + 4) / D = 4
+    assert vicreg_loss(z1, z2).item() == pytest.approx(25 * 0.5 + 25 * 0.495 + 1 * 4, rel=1e-6)
+    assert vicreg_loss(z1, z2, 1.0, 0.0, 0.0).item() == pytest.approx(0.5, rel=1e-6)
+    assert vicreg_loss(z1, z2, 0.0, 1.0, 0.0).item() == pytest.approx(0.495, rel=1e-6)
+    assert vicreg_loss(z1, z2, 0.0, 0.0, 1.0).item() == pytest.approx(4.0, rel=1e-6)
+    assert vicreg_loss(z1, z1, 0.0, 1.0, 0.0, gamma=3.0).item() == pytest.approx(2 * (3 - math.sqrt(2.0001) + 3 - 0.01) / 2, rel=1e-6)
+
+
+def _vicreg_reference(z1: torch.Tensor, z2: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Explicit sums in float64; ``batch`` gives the views the variance and covariance are computed over."""
+    z1, z2 = z1.double(), z2.double()
+    n, dim = z1.shape
+    invariance = sum((z1[i, d] - z2[i, d]) ** 2 for i in range(n) for d in range(dim)) / (n * dim)
+    total = 25 * invariance
+    for z in (v.double() for v in batch or (z1, z2)):
+        m = len(z)
+        mean = [sum(z[i, d] for i in range(m)) / m for d in range(dim)]
+        cov = [[sum((z[i, d] - mean[d]) * (z[i, e] - mean[e]) for i in range(m)) / (m - 1) for e in range(dim)] for d in range(dim)]
+        total = total + 25 * sum(max(0.0, 1 - math.sqrt(cov[d][d] + 1e-4)) for d in range(dim)) / dim
+        total = total + sum(cov[d][e] ** 2 for d in range(dim) for e in range(dim) if d != e) / dim
+    return torch.as_tensor(total, dtype=torch.float64)
+
+
+def test_vicreg_matches_reference_and_gathers_only_variance_and_covariance() -> None:
+    z1, z2 = 0.4 * _randn(6, 3, seed=50), 0.4 * _randn(6, 3, seed=51)
+    assert vicreg_loss(z1, z2).item() == pytest.approx(_vicreg_reference(z1, z2).item(), rel=1e-5)
+    # another rank's rows join the variance and covariance, not the invariance term
+    other1, other2 = _randn(4, 3, seed=52), _randn(4, 3, seed=53)
+    others = iter([other1, other2])
+
+    def gather(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return torch.cat([t, next(others)]), 0
+
+    expected = _vicreg_reference(z1, z2, (torch.cat([z1, other1]), torch.cat([z2, other2])))
+    value = vicreg_loss(z1, z2, gather=gather)
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _vicreg_setup() -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(0)
+    return torch.nn.Linear(6, 3), torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+
+
+def _vicreg_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
+    try:
+        encoder, x1, x2 = _vicreg_setup()
+        mine = slice(rank * 4, (rank + 1) * 4)
+        vicreg_loss(encoder(x1[mine]), encoder(x2[mine]), gather=all_gather_with_grad).backward()
+        for param in encoder.parameters():  # what DDP does with the gradients
+            dist.all_reduce(param.grad)
+            param.grad /= 2
+        torch.save({n: p.grad for n, p in encoder.named_parameters()}, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_vicreg_ddp_gradients_equal_the_full_batch(tmp_path: Path) -> None:
+    """Variance and covariance over the gathered batch: 2 ranks x 4 rows train like one process with 8."""
+    spawn_ranks(_vicreg_worker, str(tmp_path), timeout_s=60)
+    encoder, x1, x2 = _vicreg_setup()
+    vicreg_loss(encoder(x1), encoder(x2)).backward()
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"rank{rank}.pt")
+        for name, param in encoder.named_parameters():
+            torch.testing.assert_close(grads[name], param.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_vicreg_rejects_bad_inputs() -> None:
+    z = _randn(6, 3)
+    with pytest.raises(ValueError, match="same shape"):
+        vicreg_loss(z, z[:, :2])
+    with pytest.raises(ValueError, match="at least 2"):
+        vicreg_loss(z[:1], z[:1])
+    with pytest.raises(ValueError, match="variance_weight"):
+        vicreg_loss(z, z, variance_weight=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        vicreg_loss(z, z, eps=float("nan"))

@@ -1,4 +1,4 @@
-"""SimSiam, BYOL, IsoLoss, FroSSL: end-to-end through the CLI, EMA targets, the IsoLoss correlation,
+"""SimSiam, BYOL, IsoLoss, FroSSL, VICReg: end-to-end through the CLI, EMA targets, the IsoLoss correlation,
 schedules in optimizer steps, and what each method exposes to callbacks."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from conftest import REPO, TINY_DEMO, TINY_RESNET, metric_values, read_metrics_c
 from ssl_norms.cli import main
 from ssl_norms.data import SyntheticLatentClasses
 from ssl_norms.grad_scale import grad_scale
-from ssl_norms.losses import directpred_predictor, frossl_loss, iso_loss_cosine, isotropic_predictor, negative_cosine
-from ssl_norms.methods import BYOL, FroSSL, IsoLoss, SimSiam, SSLMethod
+from ssl_norms.losses import directpred_predictor, frossl_loss, iso_loss_cosine, isotropic_predictor, negative_cosine, vicreg_loss
+from ssl_norms.methods import BYOL, FroSSL, IsoLoss, SimSiam, SSLMethod, VICReg
 from ssl_norms.methods.base import warmup_cosine_factor
 from ssl_norms.methods.ema import EMATarget, cosine_tau
 
@@ -29,7 +29,7 @@ EXPORTED_METHODS = sorted(
     name for name in methods.__all__
     if inspect.isclass(getattr(methods, name)) and issubclass(getattr(methods, name), SSLMethod) and name != "SSLMethod"
 )
-NEW_METHODS = ["SimSiam", "BYOL", "IsoLoss", "FroSSL"]
+NEW_METHODS = ["SimSiam", "BYOL", "IsoLoss", "FroSSL", "VICReg"]
 MLP = dict(backbone="mlp", input_dim=64, mlp_hidden_dims=[32])
 
 
@@ -64,8 +64,11 @@ def test_new_methods_are_exported():
 def test_fit_with_norm_and_knn_callbacks_then_validate_and_resume(name, tmp_path):
     """The demo config's EmbeddingNormMonitor and OnlineKNN work on every method, unchanged."""
     run_dir = tmp_path / name
+    # each method at its own default lr (the demo's 0.3 is SimCLR's; VICReg diverges at it with SGD)
+    inits = (vars(cls).get("__init__") for cls in getattr(methods, name).__mro__)
+    lr = next(inspect.signature(f).parameters["lr"].default for f in inits if f and "lr" in inspect.signature(f).parameters)
     args = [*TINY_DEMO, "--model", f"ssl_norms.methods.{name}", "--model.init_args.mlp_hidden_dims", "[64]",
-            "--model.init_args.projector_dims", "[32,16]", "--trainer.max_epochs", "1"]
+            "--model.init_args.projector_dims", "[32,16]", "--model.init_args.lr", str(lr), "--trainer.max_epochs", "1"]
     main(["fit", *args, "--run_dir", str(run_dir)])
     metrics = run_dir / "metrics.csv"
     header = read_metrics_csv(metrics)[0].keys()
@@ -234,7 +237,7 @@ def test_simsiam_heads_loss_and_exposure():
     torch.testing.assert_close(step.embeddings[0], p1)  # loss space = predictor output
     torch.testing.assert_close(step.loss, 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1)))
     with pytest.raises(ValueError, match="num_views 2"):
-        model.ssl_step(views + views[:1])
+        model.training_step({"views": views + views[:1]}, 0)
 
 
 def test_simsiam_schedule_counts_optimizer_steps_and_fixed_predictor_lr():
@@ -261,6 +264,17 @@ def test_simsiam_schedule_counts_optimizer_steps_and_fixed_predictor_lr():
         expected = lr * warmup_cosine_factor(k, per_epoch, steps, 0.0)
         for i, value in enumerate(group_lrs):
             assert value == pytest.approx(lr if i in fixed else expected)
+
+
+@pytest.mark.parametrize("warmup_epochs, warns", [(3, True), (2, False)])
+def test_warmup_longer_than_training_warns_and_still_trains(warmup_epochs, warns, recwarn):
+    model = SimSiam(projector_dims=[16, 8], predictor_hidden_dims=[4], warmup_epochs=warmup_epochs, **MLP)
+    trainer = _trainer(max_epochs=2)
+    trainer.fit(model, _data())
+    messages = [str(w.message) for w in recwarn if "warmup never finishes" in str(w.message)]
+    assert len(messages) == int(warns) and trainer.global_step == 2 * 256 // 32
+    if warns:
+        assert messages[0].startswith("warmup_epochs 3 is longer than training (24 > 16 optimizer steps)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +338,7 @@ def test_isoloss_correlation_ema_only_in_training():
     out = model.validation_step(batch, 0)
     assert torch.equal(model.correlation, frozen)
     w_p, _ = isotropic_predictor(frozen)
-    torch.testing.assert_close(out["embeddings"], model.projector(model.backbone(views_a[0])) @ w_p)  # loss space = p
+    torch.testing.assert_close(out.embeddings, model.projector(model.backbone(views_a[0])) @ w_p)  # loss space = p
 
 
 def test_isoloss_without_target_uses_stop_gradient_online_projection():
@@ -378,7 +392,7 @@ def test_isoloss_grad_scale_hook_scales_by_predictor_output_norm(kind):
     torch.testing.assert_close(grad_plain, grad_p, rtol=1e-4, atol=1e-6)  # the IsoLoss identity, unchanged
     torch.testing.assert_close(embedding, p)
 
-    model.loss_space_hooks.append(lambda e: grad_scale(e, 1.0))
+    model.loss_space_hooks.append(lambda z, norm_source: grad_scale(z, 1.0, norm_source))
     scaled = z.clone().requires_grad_(True)
     loss_scaled, _ = model.pair_loss(scaled, zt, w_p, w_p_sqrt)
     assert torch.equal(loss_scaled, loss)  # hooks never change the value
@@ -453,7 +467,27 @@ def test_frossl_multi_view_loss_space_is_unnormalised_projection():
     assert not torch.allclose(z[0].norm(dim=0), torch.ones(8))
     torch.testing.assert_close(step.loss, frossl_loss(z, 1.5))
     with pytest.raises(ValueError, match="at least 2 views"):
-        model.ssl_step(views[:1])
+        model.training_step({"views": views[:1]}, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# VICReg
+# ---------------------------------------------------------------------------------------------
+
+
+def test_vicreg_expander_loss_and_exposure():
+    linears = [m for m in VICReg(**MLP).expander if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [2048, 2048, 2048] and linears[-1].bias is None
+    torch.manual_seed(0)
+    model = VICReg(projector_dims=[16, 8], invariance_weight=2.0, variance_weight=3.0, covariance_weight=0.5, **MLP).train()
+    views = _views()
+    step = model.ssl_step(views)
+    z1, z2 = model.expander(torch.cat(model.encode_views(views))).chunk(2)
+    torch.testing.assert_close(step.embeddings[0], z1)  # loss space = expander output
+    torch.testing.assert_close(step.embeddings[1], z2)
+    torch.testing.assert_close(step.loss, vicreg_loss(z1, z2, 2.0, 3.0, 0.5))
+    with pytest.raises(ValueError, match="weights"):
+        VICReg(variance_weight=-1.0, **MLP)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,7 +496,7 @@ def test_frossl_multi_view_loss_space_is_unnormalised_projection():
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("method", ["simsiam", "byol", "isoloss", "frossl"])
+@pytest.mark.parametrize("method", ["simsiam", "byol", "isoloss", "frossl", "vicreg"])
 def test_fit_and_validate_on_real_cifar10(method, real_data_root, tmp_path):
     run_dir = tmp_path / method
     args = [

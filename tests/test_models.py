@@ -41,3 +41,13 @@ def test_mlp_head_shapes_and_batchnorm_last():
     head = mlp_head([8, 16, 4], batchnorm_last=True)
     assert isinstance(head[-1], torch.nn.BatchNorm1d)
     assert head(torch.randn(5, 8)).shape == (5, 4)
+
+
+def test_mlp_backbone_hidden_layers_and_input_dim():
+    net, dim = build_backbone("mlp", input_dim=6)
+    assert dim == 256 and net(torch.randn(3, 6)).shape == (3, 256)  # default [256, 256]
+    net, dim = build_backbone("mlp", input_dim=6, hidden_dims=[])  # no hidden layer: the input itself
+    assert dim == 6 and not any(isinstance(m, torch.nn.Linear) for m in net)
+    for bad in (None, 0):
+        with pytest.raises(ValueError, match="needs input_dim >= 1"):
+            build_backbone("mlp", input_dim=bad)

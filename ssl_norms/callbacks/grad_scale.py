@@ -14,8 +14,9 @@ class GradScale(Callback):
     """Multiply each sample's loss-space gradient by ``||z_i||^power`` (identity in the forward pass).
 
     Installs :func:`ssl_norms.grad_scale` in the method's ``loss_space_hooks`` (the exposure
-    contract of :class:`ssl_norms.methods.SSLMethod`), so it acts on whatever the method feeds its
-    loss: the projector output for SimCLR/FroSSL, the predictor output for SimSiam/BYOL/IsoLoss.
+    contract, :mod:`ssl_norms.contract`), so it acts on whatever the method feeds its loss, with
+    the norms of the loss-space embedding: the projector output for SimCLR/FroSSL, the expander
+    output for VICReg, the predictor output for SimSiam/BYOL/IsoLoss.
     ``power=1`` makes the gradient of a cosine loss independent of the embedding norm; ``power=0``
     is exactly the default training. The paper pairs ``power=1`` with a lower lr and a long
     warmup: ``configs/presets/gradscale_simclr.yaml``.

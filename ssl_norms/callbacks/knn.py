@@ -67,7 +67,7 @@ class OnlineKNN(Callback):
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self._bank is not None and dataloader_idx == 0:
-            self._val.append((outputs[self.space].float(), outputs["label"], outputs["index"]))
+            self._val.append((getattr(outputs, self.space).float(), outputs.label, outputs.index))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bank is None or not self._val:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
+from ssl_norms.contract import EmbeddedBatch, SSLStep
 from ssl_norms.distributed import all_gather_rows, unique_by_index
 from ssl_norms.lightning_compat import is_logging_step
 
@@ -49,7 +50,7 @@ class EmbeddingNormMonitor(Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not is_logging_step(trainer) or not isinstance(outputs, dict) or "ssl" not in outputs:
+        if not is_logging_step(trainer) or not isinstance(outputs, dict) or not isinstance(outputs.get("ssl"), SSLStep):
             return
         step = outputs["ssl"]
         metrics = self.statistics(step.embeddings, step.features, gather=pl_module.all_gather)
@@ -94,11 +95,11 @@ class EmbeddingNormMonitor(Callback):
 
     @torch.no_grad()
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not self.validation or trainer.sanity_checking or not isinstance(outputs, dict) or "embeddings" not in outputs:
+        if not self.validation or trainer.sanity_checking or not isinstance(outputs, EmbeddedBatch):
             return
-        norms = outputs["embeddings"].float().norm(dim=-1)
-        feature_norms = outputs["features"].float().norm(dim=-1)
-        self._val.setdefault(dataloader_idx, []).append((norms, feature_norms, torch.as_tensor(outputs["index"], device=norms.device)))
+        norms = outputs.embeddings.float().norm(dim=-1)
+        feature_norms = outputs.features.float().norm(dim=-1)
+        self._val.setdefault(dataloader_idx, []).append((norms, feature_norms, torch.as_tensor(outputs.index, device=norms.device)))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._val:

@@ -1,37 +1,21 @@
 """What every SSL method shares: backbone by name, optimizer, warmup-cosine schedule, and the
-exposure contract that callbacks rely on.
-
-The exposure contract (the only thing callbacks may know about a method):
-
-* ``training_step`` returns ``{"loss": loss, "ssl": SSLStep(...)}``. Lightning hands that dict to
-  every callback's ``on_train_batch_end`` as ``outputs`` (tensors detached). ``SSLStep.embeddings``
-  are the loss-space embeddings (one tensor per view, the tensors the loss is applied to) and
-  ``SSLStep.features`` the backbone features; row i of every view is the same image, so rows with
-  equal index across views are the positive pairs.
-* Every method passes its loss-space embeddings through ``self.loss_space(z)`` right before the
-  loss. Interventions such as GradScale register a function in ``loss_space_hooks`` to wrap them.
-* ``validation_step`` returns ``{"features", "embeddings", "label", "index"}`` for un-augmented
-  images, computed by ``embed``; monitors (OnlineKNN, norm studies) collect them.
+implementation of the exposure contract (``ssl_norms.contract``): the view-count check before
+``ssl_step``, the heads applied to all views in one call (``embed_views``), the loss-space hooks,
+and the typed training and evaluation outputs.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from ssl_norms.contract import EmbeddedBatch, SSLStep
 from ssl_norms.models import build_backbone
-
-
-class SSLStep(NamedTuple):
-    """One training step as callbacks see it."""
-
-    loss: Tensor
-    features: list[Tensor]  # backbone features, one (N, F) tensor per view
-    embeddings: list[Tensor]  # loss-space embeddings, one (N, D) tensor per view
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, floor: float, warmup_start: float = 0.0) -> float:
@@ -55,19 +39,26 @@ def apply_to_views(network: Callable[[Tensor], Tensor], views: list[Tensor]) -> 
     return [network(v) for v in views]
 
 
-def two_views(method: str, views: list[Tensor]) -> list[Tensor]:
-    """``views`` when there are exactly two (pairwise methods), else a one-line error naming the fix."""
-    if len(views) != 2:
-        raise ValueError(f"{method} uses exactly 2 views, got {len(views)}: set --data.init_args.num_views 2")
-    return views
+def _check_layer_dims(hparams: dict[str, Any]) -> None:
+    """Every ``*_dims`` argument lists layer widths: positive integers, and at least one unless the
+    layers are optional hidden ones (``*_hidden_dims``)."""
+    for name, dims in hparams.items():
+        if not name.endswith("_dims") or dims is None:
+            continue
+        dims = list(dims)
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+            raise ValueError(f"{name} must list layer widths >= 1, got {dims}")
+        if not dims and not name.endswith("_hidden_dims"):
+            raise ValueError(f"{name} must list at least one layer width, got []")
 
 
-def _is_bias_or_norm(name: str, param: nn.Parameter) -> bool:
+def _is_bias_or_norm(param: nn.Parameter) -> bool:
     return param.ndim <= 1  # biases and BatchNorm/LayerNorm affine parameters are 1-d
 
 
 class SSLMethod(L.LightningModule):
-    """Base of every method. Subclasses build their heads, implement ``project`` and ``ssl_step``.
+    """Base of every method. Subclasses build their heads, implement ``embed_features`` and
+    ``ssl_step``, and set ``accepted_views`` when their loss takes other than exactly 2 views.
 
     Args:
         backbone: ``resnet18``/``resnet34``/``resnet50``/``resnet101``, ``mlp`` (vector data) or a timm model name.
@@ -81,6 +72,9 @@ class SSLMethod(L.LightningModule):
         warmup_start_factor: lr at step 0 as a fraction of ``lr``.
         min_lr: absolute lr at the end of the cosine.
     """
+
+    #: Views per training image the loss accepts: (fewest, most), most None for no limit.
+    accepted_views: ClassVar[tuple[int, int | None]] = (2, 2)
 
     def __init__(
         self,
@@ -106,16 +100,17 @@ class SSLMethod(L.LightningModule):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if min_lr > lr:
             raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # also records the subclass's arguments
+        _check_layer_dims(self.hparams)
         self.backbone, self.feature_dim = build_backbone(
             backbone, cifar_stem=cifar_stem, width=backbone_width, input_dim=input_dim, hidden_dims=mlp_hidden_dims
         )
-        # Functions applied to loss-space embeddings right before the loss (see module docstring).
-        self.loss_space_hooks: list[Callable[[Tensor], Tensor]] = []
+        # Functions applied to the loss's input right before the loss (ssl_norms.contract).
+        self.loss_space_hooks: list[Callable[..., Tensor]] = []
 
     # ---- what a method implements -------------------------------------------------------------
-    def project(self, features: Tensor) -> Tensor:
-        """Backbone features -> loss-space embeddings (the online branch)."""
+    def embed_features(self, features: Tensor) -> Tensor:
+        """Backbone features -> loss-space embeddings (the online branch: projector, predictor ...)."""
         raise NotImplementedError
 
     def ssl_step(self, views: list[Tensor]) -> SSLStep:
@@ -123,36 +118,57 @@ class SSLMethod(L.LightningModule):
         raise NotImplementedError
 
     # ---- shared machinery ----------------------------------------------------------------------
-    def loss_space(self, z: Tensor) -> Tensor:
+    def check_views(self, views: list[Tensor]) -> None:
+        """A one-line error naming the fix unless ``len(views)`` is in ``accepted_views``."""
+        fewest, most = self.accepted_views
+        if fewest <= len(views) and (most is None or len(views) <= most):
+            return
+        name = type(self).__name__
+        if most is None:
+            accepted, fix = f"needs at least {fewest}", f"{fewest} or more"
+        elif most == fewest:
+            accepted, fix = f"uses exactly {fewest}", f"{fewest}"
+        else:
+            accepted, fix = f"uses {fewest} to {most}", f"between {fewest} and {most}"
+        raise ValueError(f"{name} {accepted} views, got {len(views)}: set --data.init_args.num_views {fix}")
+
+    def loss_space(self, z: Tensor, norm_source: Tensor | None = None) -> Tensor:
+        """``z`` through every hook; ``norm_source`` is the loss-space embedding when it is not ``z``."""
         for hook in self.loss_space_hooks:
-            z = hook(z)
+            z = hook(z, norm_source=z if norm_source is None else norm_source)
         return z
 
     def encode_views(self, views: list[Tensor]) -> list[Tensor]:
         """Backbone features of each view; same-shape views go through in one batched call."""
         return apply_to_views(self.backbone, views)
 
+    def embed_views(self, inputs: list[Tensor], head: Callable[[Tensor], Tensor] | None = None) -> list[Tensor]:
+        """Loss-space embeddings of each view: ``head`` (default ``embed_features``) over all views in
+        one batched call (BatchNorm sees all V x N rows), through ``loss_space``, split per view."""
+        head = head or self.embed_features
+        return apply_to_views(lambda x: self.loss_space(head(x)), inputs)
+
     def embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(backbone features, loss-space embeddings) of un-augmented inputs."""
         features = self.backbone(x)
-        return features, self.project(features)
+        return features, self.embed_features(features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        self.check_views(batch["views"])
         step = self.ssl_step(batch["views"])
         self.log("train/loss", step.loss, prog_bar=True)
         return {"loss": step.loss, "ssl": step}
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        features, embeddings = self.embed(batch["image"])
-        return {"features": features, "embeddings": embeddings, "label": batch["label"], "index": batch["index"]}
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> EmbeddedBatch:
+        return EmbeddedBatch(*self.embed(batch["image"]), batch["label"], batch["index"])
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> EmbeddedBatch:
         return self.validation_step(batch, batch_idx, dataloader_idx)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> EmbeddedBatch:
         return self.validation_step(batch, batch_idx, dataloader_idx)
 
     # ---- optimisation --------------------------------------------------------------------------
@@ -164,11 +180,10 @@ class SSLMethod(L.LightningModule):
     def _split_weight_decay(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not self.hparams.exclude_bias_and_norm_from_wd:
             return groups
-        names = {id(p): n for n, p in self.named_parameters()}
         split = []
         for group in groups:
-            decay = [p for p in group["params"] if not _is_bias_or_norm(names.get(id(p), ""), p)]
-            no_decay = [p for p in group["params"] if _is_bias_or_norm(names.get(id(p), ""), p)]
+            decay = [p for p in group["params"] if not _is_bias_or_norm(p)]
+            no_decay = [p for p in group["params"] if _is_bias_or_norm(p)]
             split += [{**group, "params": decay}, {**group, "params": no_decay, "weight_decay": 0.0}]
         return [g for g in split if g["params"]]
 
@@ -188,6 +203,11 @@ class SSLMethod(L.LightningModule):
         optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         warmup_steps = int(round(hp.warmup_epochs * self.steps_per_epoch()))
+        if warmup_steps > total_steps:
+            rank_zero_warn(
+                f"warmup_epochs {hp.warmup_epochs:g} is longer than training ({warmup_steps} > {total_steps} optimizer steps): "
+                f"warmup never finishes and the lr never reaches {hp.lr:g}"
+            )
         floor = hp.min_lr / hp.lr if hp.lr > 0 else 0.0
 
         def factor(step: int) -> float:

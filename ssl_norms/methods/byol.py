@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from ssl_norms.contract import SSLStep
 from ssl_norms.losses import negative_cosine
-from ssl_norms.methods.base import SSLMethod, SSLStep, two_views
+from ssl_norms.methods.base import SSLMethod
 from ssl_norms.methods.ema import EMATarget, EMATargetHooks
 from ssl_norms.models import mlp_head
 
@@ -52,12 +52,12 @@ class BYOL(EMATargetHooks, SSLMethod):
         self.predictor = mlp_head([out_dim, *predictor_hidden_dims, out_dim])
         self.target = EMATarget([self.backbone, self.projector], base_tau=base_tau, final_tau=final_tau)
 
-    def project(self, features: Tensor) -> Tensor:
+    def embed_features(self, features: Tensor) -> Tensor:
         return self.predictor(self.projector(features))
 
     def ssl_step(self, views: list[Tensor]) -> SSLStep:
-        features = self.encode_views(two_views("BYOL", views))
-        p1, p2 = self.loss_space(self.project(torch.cat(features))).chunk(2)
+        features = self.encode_views(views)
+        p1, p2 = self.embed_views(features)
         zt1, zt2 = self.target(views)
         loss = 2 * (negative_cosine(p1, zt2) + negative_cosine(p2, zt1))
         return SSLStep(loss, features, [p1, p2])

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from ssl_norms.contract import SSLStep
 from ssl_norms.losses import frossl_loss
-from ssl_norms.methods.base import SSLMethod, SSLStep
+from ssl_norms.methods.base import SSLMethod
 from ssl_norms.models import mlp_head
 
 
@@ -20,7 +20,7 @@ class FroSSL(SSLMethod):
     itself (:func:`~ssl_norms.losses.frossl_loss`) divides every embedding dimension by its norm over
     the batch, which rescales each sample's embedding by a batch-dependent amount per dimension; the
     norm study needs the per-sample vectors the network produces, so those are what
-    ``loss_space`` wraps (GradScale scales their gradients), what callbacks see and what ``project``
+    ``loss_space`` wraps (GradScale scales their gradients), what callbacks see and what ``embed_features``
     returns for evaluation.
 
     Args:
@@ -30,6 +30,8 @@ class FroSSL(SSLMethod):
         **kwargs: backbone and optimisation settings of :class:`SSLMethod`.
     """
 
+    accepted_views = (2, None)
+
     def __init__(self, projector_dims: Sequence[int] = (2048, 2048, 1024), invariance_weight: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not invariance_weight >= 0:
@@ -37,13 +39,10 @@ class FroSSL(SSLMethod):
         self.invariance_weight = invariance_weight
         self.projector = mlp_head([self.feature_dim, *projector_dims])
 
-    def project(self, features: Tensor) -> Tensor:
+    def embed_features(self, features: Tensor) -> Tensor:
         return self.projector(features)
 
     def ssl_step(self, views: list[Tensor]) -> SSLStep:
-        if len(views) < 2:
-            raise ValueError(f"FroSSL needs at least 2 views, got {len(views)}: set --data.init_args.num_views 2 or more")
         features = self.encode_views(views)
-        # All views through the projector in one call, like the backbone (BN sees all V*N rows).
-        z = list(self.loss_space(self.project(torch.cat(features))).chunk(len(views)))
+        z = self.embed_views(features)
         return SSLStep(frossl_loss(z, self.invariance_weight), features, z)

@@ -9,9 +9,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ssl_norms.contract import SSLStep
 from ssl_norms.distributed import world_size
 from ssl_norms.losses import directpred_predictor, iso_loss_cosine, iso_loss_euclidean, isotropic_predictor, negative_cosine
-from ssl_norms.methods.base import SSLMethod, SSLStep, two_views
+from ssl_norms.methods.base import SSLMethod, apply_to_views
 from ssl_norms.methods.ema import EMATarget, EMATargetHooks
 from ssl_norms.models import mlp_head
 
@@ -41,11 +42,10 @@ class IsoLoss(EMATargetHooks, SSLMethod):
     (as in BYOL); without it the online projector output of the other view, stop-gradient (no
     second forward pass).
 
-    GradScale and other loss-space hooks: the hooks wrap p. For IsoLoss the gradient that reaches z
-    *is* the gradient w.r.t. p, so p is routed to z with an identity Jacobian: a hook's backward
-    (GradScale's per-sample ``||p_i||^power``) multiplies z's gradient directly, and without hooks
-    the gradient is exactly the loss's. Hooks must leave the forward value unchanged (GradScale
-    does); for DirectPred the hooks wrap p like BYOL's predictor output.
+    GradScale and other loss-space hooks: the loss takes z, and the gradient it gives z *is* the
+    gradient w.r.t. p, so the hooks wrap z with ``norm_source=p``: GradScale multiplies z's gradient
+    by ``||p_i||^power``. Hooks must leave the forward value unchanged (GradScale does); for
+    DirectPred the hooks wrap p like BYOL's predictor output.
 
     Args:
         projector_dims: sizes after the backbone (512 -> 4096 (BN, ReLU) -> 256 for ResNet-18).
@@ -117,7 +117,7 @@ class IsoLoss(EMATargetHooks, SSLMethod):
             batch /= world_size()  # ... into the mean, identical on every rank
         self.correlation.mul_(self.correlation_tau).add_(batch, alpha=1.0 - self.correlation_tau)
 
-    def project(self, features: Tensor) -> Tensor:
+    def embed_features(self, features: Tensor) -> Tensor:
         w_p, _ = self.closed_form_predictor()
         z = self.projector(features)
         with torch.autocast(device_type=z.device.type, enabled=False):  # p in float32, like the loss
@@ -136,22 +136,18 @@ class IsoLoss(EMATargetHooks, SSLMethod):
             if self.loss_kind == "directpred":
                 p = self.loss_space(z32 @ w_p)
                 return 2 * negative_cosine(p, zt), p
-            # p's value, with z's gradient passing through unchanged (the IsoLoss identity), through the
-            # hooks; then back to z's value, keeping the hooks' effect on the gradient (class docstring).
-            p = (z32.detach() @ w_p) + (z32 - z32.detach())
-            p_hooked = self.loss_space(p)
-            z_routed = z32.detach() + (p_hooked - p_hooked.detach())
+            p = z32.detach() @ w_p
+            z_hooked = self.loss_space(z32, norm_source=p)  # z's gradient is p's (class docstring)
         if self.loss_kind == "cosine":
-            return iso_loss_cosine(z_routed, zt, w_p, w_p_sqrt), p_hooked
-        return iso_loss_euclidean(z_routed, zt, w_p), p_hooked
+            return iso_loss_cosine(z_hooked, zt, w_p, w_p_sqrt), p
+        return iso_loss_euclidean(z_hooked, zt, w_p), p
 
     def ssl_step(self, views: list[Tensor]) -> SSLStep:
-        features = self.encode_views(two_views("IsoLoss", views))
-        z_both = self.projector(torch.cat(features))
+        features = self.encode_views(views)
+        z1, z2 = apply_to_views(self.projector, features)
         if self.training:
-            self.update_correlation(z_both)
+            self.update_correlation(torch.cat([z1, z2]))
         w_p, w_p_sqrt = self.closed_form_predictor()
-        z1, z2 = z_both.chunk(2)
         zt1, zt2 = self._targets(views, [z1, z2])
         loss12, p1 = self.pair_loss(z1, zt2, w_p, w_p_sqrt)
         loss21, p2 = self.pair_loss(z2, zt1, w_p, w_p_sqrt)

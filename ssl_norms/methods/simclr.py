@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
+from ssl_norms.contract import SSLStep
 from ssl_norms.distributed import all_gather_with_grad
 from ssl_norms.losses import info_nce
-from ssl_norms.methods.base import SSLMethod, SSLStep
+from ssl_norms.methods.base import SSLMethod
 from ssl_norms.models import mlp_head
 
 
 class SimCLR(SSLMethod):
     """SimCLR (Chen et al. 2020). Loss space = projector output.
+
+    Exactly 2 views: InfoNCE pairs each view with one other (multi-view InfoNCE is not implemented).
 
     Args:
         temperature: InfoNCE temperature.
@@ -29,12 +31,11 @@ class SimCLR(SSLMethod):
         self.temperature = temperature
         self.projector = mlp_head([self.feature_dim, *projector_dims])
 
-    def project(self, features: Tensor) -> Tensor:
+    def embed_features(self, features: Tensor) -> Tensor:
         return self.projector(features)
 
     def ssl_step(self, views: list[Tensor]) -> SSLStep:
         features = self.encode_views(views)
-        # Both views through the projector in one call, like the backbone (BN sees all 2N rows).
-        z1, z2 = self.loss_space(self.project(torch.cat(features))).chunk(2)
+        z1, z2 = self.embed_views(features)
         loss = info_nce(z1, z2, self.temperature, gather=all_gather_with_grad)
         return SSLStep(loss, features, [z1, z2])

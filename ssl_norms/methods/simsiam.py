@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from ssl_norms.contract import SSLStep
 from ssl_norms.losses import negative_cosine
-from ssl_norms.methods.base import SSLMethod, SSLStep, two_views
+from ssl_norms.methods.base import SSLMethod, apply_to_views
 from ssl_norms.models import mlp_head
 
 
@@ -46,15 +46,13 @@ class SimSiam(SSLMethod):
         out_dim = projector_dims[-1]
         self.predictor = mlp_head([out_dim, *predictor_hidden_dims, out_dim])
 
-    def project(self, features: Tensor) -> Tensor:
+    def embed_features(self, features: Tensor) -> Tensor:
         return self.predictor(self.projector(features))
 
     def ssl_step(self, views: list[Tensor]) -> SSLStep:
-        features = self.encode_views(two_views("SimSiam", views))
-        # Both views through the heads in one call, like the backbone (BN sees all 2N rows).
-        z = self.projector(torch.cat(features))
-        p1, p2 = self.loss_space(self.predictor(z)).chunk(2)
-        z1, z2 = z.chunk(2)
+        features = self.encode_views(views)
+        z1, z2 = apply_to_views(self.projector, features)  # the targets, stop-gradient in the loss
+        p1, p2 = self.embed_views([z1, z2], head=self.predictor)
         loss = 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
         return SSLStep(loss, features, [p1, p2])
 

@@ -6,7 +6,6 @@ features with no classifier head.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torchvision.models import resnet
 
@@ -87,12 +86,7 @@ def build_backbone(
             raise ValueError(f"backbone width must be >= 1, got {width}")
         return resnet_backbone(name, cifar_stem=cifar_stem, width=width)
     if name == "mlp":
-        if input_dim is None:
-            raise ValueError("the 'mlp' backbone needs input_dim (the data's vector length)")
-        return mlp_backbone(input_dim, hidden_dims or [256, 256])
+        if input_dim is None or input_dim < 1:
+            raise ValueError(f"the 'mlp' backbone needs input_dim >= 1 (the data's vector length), got {input_dim}")
+        return mlp_backbone(input_dim, [256, 256] if hidden_dims is None else hidden_dims)
     return timm_backbone(name)
-
-
-@torch.no_grad()
-def feature_dim_of(module: nn.Module, example: torch.Tensor) -> int:
-    return module(example).shape[-1]
