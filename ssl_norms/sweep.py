@@ -39,7 +39,8 @@ from typing import Any
 
 import yaml
 
-from ssl_norms.cli import RUNS_ENV
+from ssl_norms.runs import RUNS_ENV, holds_checkpoints
+from ssl_norms.runs import runs_root as default_runs_root
 
 TOP_LEVEL_KEYS = {"name", "config", "fixed", "grid", "points", "description"}
 SPECIAL_KEYS = {"label", "config"}
@@ -72,7 +73,7 @@ class SweepPoint:
         args += list(extra_args)
         args.append(f"--run_dir={self.run_dir}")
         if resume is None:
-            resume = self.last_checkpoint.exists()
+            resume = holds_checkpoints(self.run_dir)
         if resume:
             args.append("--ckpt_path=last")
         return args
@@ -172,7 +173,7 @@ def sweep_points(path: str | os.PathLike, runs_root: str | os.PathLike | None = 
     path = Path(path)
     spec = _load(path)
     base_dir = path.parent
-    root = Path(runs_root or os.environ.get(RUNS_ENV) or "runs")
+    root = Path(runs_root) if runs_root else default_runs_root()
     base_configs = _as_list(spec.get("config"), f"sweep file {path}: 'config'")
     fixed = spec.get("fixed") or {}
     if not isinstance(fixed, dict) or SPECIAL_KEYS & set(fixed):
@@ -242,7 +243,7 @@ def run_point(point: SweepPoint, extra_args: list[str] | tuple[str, ...] = ()) -
     for config in point.configs:
         if not Path(config).is_file():
             raise FileNotFoundError(f"sweep point {point.index} ({point.label}): config file {config} does not exist")
-    resume = point.last_checkpoint.exists()
+    resume = holds_checkpoints(point.run_dir)
     print(f"sweep {point.sweep} point {point.index} ({point.label}){' resuming' if resume else ''}: "
           f"{shlex.join(point.command(extra_args, resume))}", flush=True)
     main(point.fit_args(extra_args, resume))

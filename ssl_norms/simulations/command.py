@@ -12,9 +12,10 @@ or with WANDB_MODE=offline).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
+
+from ssl_norms.runs import runs_root
 
 DESCRIPTIONS = {
     "fig2a": "Fig 2a: steps to converge vs embedding norm and initial angle (aparametric GD, 500 pairs on S^19, lr 10)",
@@ -127,7 +128,7 @@ def headline(numbers: dict[str, Any]) -> list[str]:
 
 
 def default_out_dir() -> Path:
-    return Path(os.environ.get("SSL_NORMS_RUNS") or "runs") / "simulations"
+    return runs_root() / "simulations"
 
 
 def simulate_command(argv: list[str]) -> None:
