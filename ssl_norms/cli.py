@@ -144,8 +144,10 @@ class SSLNormsCLI(LightningCLI):
         if cfg.get("weights_only") is False:
             raise UsageError("--weights_only false is not supported: ssl-norms loads checkpoints as plain data only")
         cfg.weights_only = True
-        inherited = os.environ.get(RUN_DIR_ENV)  # a DDP child: the launching process owns the run dir
-        owner = not inherited and is_first_process()
+        # DDP children (and other ranks) use the run dir of the process that launched them, which
+        # owns it: it alone creates it, locks it and writes the record. Rank 0 never inherits one.
+        owner = is_first_process()
+        inherited = None if owner else os.environ.get(RUN_DIR_ENV)
         fit = self.subcommand == "fit"
         locked = False
         if fit:
@@ -160,7 +162,7 @@ class SSLNormsCLI(LightningCLI):
         self.changes = compare_with_checkpoint(checkpoint, cfg.model) if checkpoint is not None else {}
         if self.changes and fit:
             note(f"resuming with changed settings from global step {checkpoint.global_step}: {describe_changes(self.changes)}")
-        # nothing is written before this point
+        # up to here nothing of the run was written (the lock aside, removed again on exit)
         if inherited:
             out = Path(inherited)
         elif not fit:
@@ -184,12 +186,12 @@ class SSLNormsCLI(LightningCLI):
             if not any(entry.class_path.rsplit(".", 1)[-1] == "CSVLogger" for entry in loggers):
                 loggers.insert(0, Namespace(class_path=CSV_LOGGER, init_args=Namespace()))  # metrics.csv, always
             cfg.trainer.logger = [_configure_logger(entry, out, cfg) for entry in loggers]
-        self.run_dir = out
+        self.run_dir, self.owner = out, owner
 
     def after_instantiate_classes(self) -> None:
         if self.checkpoint is not None:
             check_parameters(self.model, self.checkpoint)
-        if is_first_process():
+        if self.owner:
             record_start(self.run_dir, self.subcommand, self.checkpoint, self.changes)
 
     def instantiate_trainer(self, **kwargs):

@@ -42,7 +42,7 @@ RUN_DIR_ENV = "SSL_NORMS_RUN_DIR"  # set by the launching process so DDP childre
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = "run.lock"
 RECORD_FILE = "run_record.yaml"
-RUN_FILES = (RECORD_FILE, LOCK_FILE, CHECKPOINT_DIR, "metrics.csv", "config.yaml")  # any one marks a run dir
+RUN_FILES = (RECORD_FILE, CHECKPOINT_DIR, "metrics.csv", "config.yaml")  # any one marks a run dir
 
 
 class RunError(ValueError):
@@ -361,7 +361,8 @@ def check_fit_dir(run_dir: Path, checkpoint: CheckpointInfo | None) -> None:
         raise RunError(f"--run_dir {run_dir} is a file, not a directory")
     if not run_dir.is_dir():
         return
-    if not any((run_dir / name).exists() for name in RUN_FILES) and any(run_dir.iterdir()):
+    foreign = [path for path in run_dir.iterdir() if path.name != LOCK_FILE]
+    if foreign and not any((run_dir / name).exists() for name in RUN_FILES):
         raise RunError(f"{run_dir} is not empty and is not a run directory; pass a new or empty --run_dir")
     own = checkpoint is not None and checkpoint.path.resolve().is_relative_to(run_dir.resolve())
     if holds_checkpoints(run_dir) and not own:
