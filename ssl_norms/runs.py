@@ -170,9 +170,10 @@ class CheckpointInfo:
 
 def load_error(path: Path, err: Exception) -> str:
     """One line on why ``path`` cannot be loaded: a refused global (possible code) or an unreadable file."""
-    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-    if refused:
-        return f"refusing to load {path}: it holds {refused[1]}, which is not plain data (files are loaded with weights_only=True)"
+    refused = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(err), re.IGNORECASE)
+    if refused or "Weights only load failed" in str(err):
+        what = refused[1] if refused else "an object"
+        return f"refusing to load {path}: it holds {what}, which is not plain data (files are loaded with weights_only=True)"
     first_line = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
     return f"{path} is not a readable checkpoint (truncated, empty or not a PyTorch file: {first_line})"
 
