@@ -157,7 +157,7 @@ class SSLNormsCLI(LightningCLI):
                 locked = True
             checkpoint = fit_checkpoint(run_dir, ckpt_arg)
         else:
-            run, checkpoint = evaluation_target(cfg, str(Path(inherited).parent) if inherited else run_dir_arg, ckpt_arg)
+            run, checkpoint = evaluation_target(cfg, run_dir_arg, ckpt_arg)  # children resolve the same
         self.checkpoint = checkpoint
         self.changes = compare_with_checkpoint(checkpoint, cfg.model) if checkpoint is not None else {}
         if self.changes and fit:

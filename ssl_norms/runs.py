@@ -390,12 +390,14 @@ def fit_run_dir(cfg: Any, run_dir_arg: str | None, ckpt_arg: str | None) -> Path
 
 
 def fit_checkpoint(run_dir: Path | None, ckpt_arg: str | None) -> CheckpointInfo | None:
-    """The checkpoint a fit continues: ``--ckpt_path last`` or a SLURM requeue -> the run's newest
-    (none yet: a fresh start), a path -> that file. Refuses a fit that would overwrite another run."""
+    """The checkpoint a fit continues: ``--ckpt_path last`` -> the run's newest (none yet: a fresh
+    start), a path -> that file. A SLURM requeue continues the run's newest whatever the (repeated)
+    command line says. Refuses a fit that would overwrite another run."""
     restarts = slurm_restart_count()
+    requeued = restarts > 0 and run_dir is not None and (ckpt_arg is None or holds_checkpoints(run_dir))
     checkpoint = None
-    if ckpt_arg == "last" or (ckpt_arg is None and restarts > 0 and run_dir is not None):
-        why = f"SLURM restart {restarts}" if ckpt_arg is None else "--ckpt_path last"
+    if ckpt_arg == "last" or requeued:
+        why = "--ckpt_path last" if ckpt_arg == "last" else f"SLURM restart {restarts}"
         checkpoint = newest_checkpoint(run_dir) if run_dir is not None and run_dir.is_dir() else None
         if checkpoint is None:
             note(f"{why}: no checkpoint in {run_dir} yet, starting fresh")

@@ -194,6 +194,16 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
     assert not (tmp_path / runs.LOCK_FILE).exists()
 
 
+def test_a_requeued_job_continues_its_run_whatever_its_command_line_says(run, finished, monkeypatch):
+    """The requeued job repeats its sbatch command, e.g. the --ckpt_path it started from."""
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    found = runs.fit_checkpoint(run, str(finished / "checkpoints" / "last.ckpt"))
+    assert found.path == run / "checkpoints" / "last.ckpt"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with pytest.raises(RunError, match="already holds a run with checkpoints"):
+        runs.fit_checkpoint(run, str(finished / "checkpoints" / "last.ckpt"))
+
+
 def test_a_lock_on_another_host_is_not_taken_over(tmp_path):
     write_lock(tmp_path, pid=1, host="other-node")
     with pytest.raises(RunError, match="pid 1 on other-node"):
