@@ -47,7 +47,7 @@ from ssl_norms.resume import ApplyResumeChanges, check_parameters, compare_with_
 from ssl_norms.runs import (
     CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, AtomicCheckpointIO, CheckpointSaveError, acquire_lock, create_unique_dir,
     evaluation_target, experiment_name, fit_checkpoint, fit_run_dir, is_first_process, make_dir, note, record_start,
-    run_name, runs_root, timestamp,
+    runs_root, timestamp,
 )
 
 CSV_LOGGER = "ssl_norms.loggers.CSVLogger"
@@ -138,45 +138,47 @@ class SSLNormsCLI(LightningCLI):
                 note(f"ignoring {key}: {cfg.get(key)} from the config file (a config never continues a run; pass --{key} for that)")
         return self.requested.get("run_dir"), self.requested.get("ckpt_path")
 
-    def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand]
+    def _prepare_run(self, cfg: Namespace) -> Path:
+        """Resolve, check and claim the directory this command writes into (see ssl_norms.runs); sets
+        ``self.checkpoint`` and ``self.changes``. Nothing of a run is written before every check passed
+        (the lock of an existing run aside; it is removed again on exit)."""
         run_dir_arg, ckpt_arg = self._run_args(cfg)
-        if cfg.get("weights_only") is False:
-            raise UsageError("--weights_only false is not supported: ssl-norms loads checkpoints as plain data only")
-        cfg.weights_only = True
         # DDP children (and other ranks) use the run dir of the process that launched them, which
         # owns it: it alone creates it, locks it and writes the record. Rank 0 never inherits one.
-        owner = is_first_process()
-        inherited = None if owner else os.environ.get(RUN_DIR_ENV)
+        inherited = None if self.owner else os.environ.get(RUN_DIR_ENV)
         fit = self.subcommand == "fit"
         locked = False
         if fit:
             run_dir = Path(inherited) if inherited else fit_run_dir(cfg, run_dir_arg, ckpt_arg)
-            if owner and run_dir is not None and run_dir.is_dir():  # lock before choosing the checkpoint
+            if self.owner and run_dir is not None and run_dir.is_dir():  # lock before choosing the checkpoint
                 self.cleanup.callback(acquire_lock(run_dir))
                 locked = True
-            checkpoint = fit_checkpoint(run_dir, ckpt_arg)
+            self.checkpoint = fit_checkpoint(run_dir, ckpt_arg)
         else:
-            run, checkpoint = evaluation_target(cfg, run_dir_arg, ckpt_arg)  # children resolve the same
-        self.checkpoint = checkpoint
-        self.changes = compare_with_checkpoint(checkpoint, cfg.model) if checkpoint is not None else {}
+            run, self.checkpoint = evaluation_target(cfg, run_dir_arg, ckpt_arg)  # children resolve the same
+        self.changes = compare_with_checkpoint(self.checkpoint, cfg.model) if self.checkpoint is not None else {}
         if self.changes and fit:
-            note(f"resuming with changed settings from global step {checkpoint.global_step}: {describe_changes(self.changes)}")
-        # up to here nothing of the run was written (the lock aside, removed again on exit)
+            note(f"resuming with changed settings from global step {self.checkpoint.global_step}: {describe_changes(self.changes)}")
         if inherited:
-            out = Path(inherited)
-        elif not fit:
-            out = create_unique_dir(run, f"{self.subcommand}-{timestamp()}")
-        elif run_dir is None:
-            out = create_unique_dir(runs_root() / experiment_name(cfg), run_name())
-        else:
-            out = run_dir
-            make_dir(out)
-        if fit and owner and not locked:
+            return Path(inherited)
+        if not fit:
+            return create_unique_dir(run, f"{self.subcommand}-{timestamp()}")
+        out = create_unique_dir(runs_root() / experiment_name(cfg), timestamp()) if run_dir is None else run_dir
+        make_dir(out)
+        if self.owner and not locked:
             self.cleanup.callback(acquire_lock(out))
+        return out
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        if cfg.get("weights_only") is False:
+            raise UsageError("--weights_only false is not supported: ssl-norms loads checkpoints as plain data only")
+        cfg.weights_only = True
+        self.owner = is_first_process()
+        out = self._prepare_run(cfg)
         os.environ[RUN_DIR_ENV] = str(out)
         cfg.run_dir = str(out)
-        cfg.ckpt_path = str(checkpoint.path) if checkpoint is not None else None
+        cfg.ckpt_path = str(self.checkpoint.path) if self.checkpoint is not None else None
         cfg.trainer.default_root_dir = str(out)
         logger = cfg.trainer.logger
         if logger is None or logger is True:
@@ -186,7 +188,7 @@ class SSLNormsCLI(LightningCLI):
             if not any(entry.class_path.rsplit(".", 1)[-1] == "CSVLogger" for entry in loggers):
                 loggers.insert(0, Namespace(class_path=CSV_LOGGER, init_args=Namespace()))  # metrics.csv, always
             cfg.trainer.logger = [_configure_logger(entry, out, cfg) for entry in loggers]
-        self.run_dir, self.owner = out, owner
+        self.run_dir = out
 
     def after_instantiate_classes(self) -> None:
         if self.checkpoint is not None:
