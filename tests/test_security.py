@@ -75,7 +75,9 @@ def test_the_payload_is_live(hostile_run, tmp_path):
 def test_commands_refuse_a_hostile_checkpoint(hostile_run, marker, tmp_path, command):
     ckpt = hostile_run / "checkpoints" / "last.ckpt"
     before = file_hashes(hostile_run)
-    result = cli_subprocess([word.format(tmp=tmp_path, ckpt=ckpt) for word in command], cwd=tmp_path)
+    # torch's switch back to unsafe loading does not apply: every load passes weights_only=True itself
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    result = cli_subprocess([word.format(tmp=tmp_path, ckpt=ckpt) for word in command], cwd=tmp_path, env=env)
     assert_one_line_error(result, 2, f"refusing to load {ckpt}: it holds posix.system, which is not plain data")
     assert file_hashes(hostile_run) == before and not (tmp_path / "new").exists()
 
