@@ -161,11 +161,14 @@ class SSLNormsCLI(LightningCLI):
             note(f"resuming with changed settings from global step {self.checkpoint.global_step}: {describe_changes(self.changes)}")
         if inherited:
             return Path(inherited)
-        if not fit:
-            return create_unique_dir(run, f"{self.subcommand}-{timestamp()}")
-        out = create_unique_dir(runs_root() / experiment_name(cfg), timestamp()) if run_dir is None else run_dir
+        if fit and run_dir is not None:
+            out = run_dir
+        else:  # a new folder; ranks started without our launcher (torchrun) take its name, never a "-2"
+            parent = runs_root() / experiment_name(cfg) if fit else run
+            stem = timestamp() if fit else f"{self.subcommand}-{timestamp()}"
+            out = create_unique_dir(parent, stem) if self.owner else parent / stem
         make_dir(out)
-        if self.owner and not locked:
+        if fit and self.owner and not locked:
             self.cleanup.callback(acquire_lock(out))
         return out
 
