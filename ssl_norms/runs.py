@@ -78,14 +78,13 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-def run_name() -> str:
-    """Name of a new run: ``slurm-<job id>[-<array task id>]`` under SLURM (a requeued job finds its
-    run again), else the start time."""
+def slurm_run_name() -> str | None:
+    """``slurm-<job id>[-<array task id>]`` inside a SLURM job (a requeued job finds its run again)."""
     job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    if job:
-        task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        return f"slurm-{job}" + (f"-{task}" if task else "")
-    return timestamp()
+    if not job:
+        return None
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"slurm-{job}" + (f"-{task}" if task else "")
 
 
 def slurm_restart_count() -> int:
@@ -384,9 +383,8 @@ def fit_run_dir(cfg: Any, run_dir_arg: str | None, ckpt_arg: str | None) -> Path
         if run_dir is None:
             raise RunError(f"--ckpt_path last: no run with a checkpoint under {experiment}; pass --run_dir DIR")
         return run_dir
-    if os.environ.get("SLURM_JOB_ID"):
-        return experiment / run_name()  # a requeued job finds its run again
-    return None
+    name = slurm_run_name()
+    return experiment / name if name else None
 
 
 def fit_checkpoint(run_dir: Path | None, ckpt_arg: str | None) -> CheckpointInfo | None:
@@ -396,13 +394,13 @@ def fit_checkpoint(run_dir: Path | None, ckpt_arg: str | None) -> CheckpointInfo
     restarts = slurm_restart_count()
     requeued = restarts > 0 and run_dir is not None and (ckpt_arg is None or holds_checkpoints(run_dir))
     checkpoint = None
-    if ckpt_arg == "last" or requeued:
+    if ckpt_arg == "last" or requeued:  # run_dir is known then (fit_run_dir)
         why = "--ckpt_path last" if ckpt_arg == "last" else f"SLURM restart {restarts}"
-        checkpoint = newest_checkpoint(run_dir) if run_dir is not None and run_dir.is_dir() else None
-        if checkpoint is None:
-            note(f"{why}: no checkpoint in {run_dir} yet, starting fresh")
-        else:
+        checkpoint = newest_checkpoint(run_dir)
+        if checkpoint is not None:
             note(f"{why}: resuming {run_dir} from {checkpoint.path.name} (global step {checkpoint.global_step})")
+        elif not holds_checkpoints(run_dir):  # only unreadable ones: refused below
+            note(f"{why}: no checkpoint in {run_dir} yet, starting fresh")
     elif ckpt_arg:
         checkpoint = read_checkpoint(ckpt_arg)
     if run_dir is not None:
