@@ -1,20 +1,23 @@
 """``ssl-norms``: LightningCLI (fit / validate / test / predict) plus the project's own commands.
 
-Every run writes into one run directory: ``metrics.csv``, ``config.yaml``, ``checkpoints/``
-(``last.ckpt`` always kept), the summary PNG and, with W&B, ``wandb/``. The directory is
-``--run_dir`` when given, else ``$SSL_NORMS_RUNS/<method>-<data>/<timestamp or slurm-<job id>[-<array task id>]>``
-(``$SSL_NORMS_RUNS`` defaults to ``runs``). ``--ckpt_path last`` without ``--run_dir`` resumes the
-newest run of the same method and data.
+Where each command writes, the lock, and which checkpoint continues a run: :mod:`ssl_norms.runs`.
+What may change on resume: :mod:`ssl_norms.resume`. In short:
 
-Resuming: ``fit --ckpt_path last`` continues from the run dir's newest checkpoint
-(``checkpoints/last.ckpt``, or Lightning's SLURM preemption checkpoint ``hpc_ckpt_<n>.ckpt`` when it
-is newer) and starts fresh when there is none yet. A SLURM requeue (``SLURM_RESTART_COUNT`` > 0)
-does the same without any flag: the requeued job has the same job id, hence the same run dir.
+* ``fit`` writes into its run directory: ``--run_dir`` when given, else
+  ``$SSL_NORMS_RUNS/<method>-<data>/<timestamp or slurm-<job id>[-<array task id>]>`` (``$SSL_NORMS_RUNS``
+  defaults to ``runs``). ``--ckpt_path last`` continues the run's newest checkpoint (the newest run of
+  the same method and data without ``--run_dir``) and starts fresh when there is none yet; a SLURM
+  requeue (``SLURM_RESTART_COUNT`` > 0) does the same without any flag.
+* ``validate``/``test``/``predict`` write into a new ``<run>/<command>-<timestamp>/``; the run is
+  ``--run_dir``, else the checkpoint's run. ``--ckpt_path last`` or ``--run_dir`` alone evaluate the
+  run's newest checkpoint.
+* ``run_dir`` and ``ckpt_path`` are taken from the command line only: ``config.yaml`` does not store
+  them, and values in a ``--config`` file are ignored with a note, so a reused config starts a new run.
 
-Every fit also gets, unless configured: ModelCheckpoint(save_last) into ``checkpoints/``, the
-NonFiniteGuard, GlobalBatchLog (global batch and lr stated at fit start, lr never rescaled),
-ReproducibleResume (per-epoch seeds and the data position, so a resumed run draws the data of an
-uninterrupted one) and a CSVLogger (``metrics.csv``, kept across resumes) next to any other logger.
+Every fit also gets, unless configured: ModelCheckpoint (``checkpoints/last.ckpt`` only, replaced
+atomically), the NonFiniteGuard, GlobalBatchLog (global batch and lr stated at fit start, lr never
+rescaled), ReproducibleResume (per-epoch seeds and the data position, so a resumed run draws the data
+of an uninterrupted one) and a CSVLogger (``metrics.csv``, kept across resumes) next to any other logger.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import os
 import re
 import sys
 from argparse import ArgumentError
-import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import Namespace
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import ssl_norms.callbacks  # noqa: F401  (makes callback class names resolvable in YAML)
 from ssl_norms.callbacks import NonFiniteGuard, NonFiniteLossError
@@ -39,72 +44,32 @@ from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
 from ssl_norms.commands import COMMANDS, run_command, usage
 from ssl_norms.data import SSLDataModule
 from ssl_norms.methods import SSLMethod
-from ssl_norms.wandb_setup import short_name
+from ssl_norms.resume import ApplyResumeChanges, check_parameters, compare_with_checkpoint, describe_changes
+from ssl_norms.runs import (
+    CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, AtomicCheckpointIO, CheckpointSaveError, acquire_lock, create_unique_dir,
+    evaluation_target, experiment_name, fit_checkpoint, fit_run_dir, is_first_process, make_dir, note, record_start,
+    runs_root, timestamp,
+)
 
-RUNS_ENV = "SSL_NORMS_RUNS"
-RUN_DIR_ENV = "SSL_NORMS_RUN_DIR"  # set by the launching process so DDP children share the run dir
 CSV_LOGGER = "ssl_norms.loggers.CSVLogger"
+RUN_ARGS = ("run_dir", "ckpt_path")  # read from the command line only (module docstring)
 
 
 class UsageError(ValueError):
     """A bad command line or config; printed as one line."""
 
 
-def experiment_name(cfg: Namespace) -> str:
-    return f"{short_name(cfg.model.class_path)}-{short_name(cfg.data.class_path)}"
-
-
-def _run_id() -> str:
-    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    if job:
-        task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        return f"slurm-{job}" + (f"-{task}" if task else "")
-    return time.strftime("%Y%m%d-%H%M%S")
-
-
-def newest_resumable_run(experiment_dir: Path) -> Path | None:
-    candidates = sorted(experiment_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    return candidates[-1].parent.parent if candidates else None
-
-
-def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint a run can continue from: ``checkpoints/last.ckpt`` or the checkpoint
-    Lightning's SLURM auto-requeue writes on SIGUSR1 (``hpc_ckpt_<n>.ckpt`` in the run dir)."""
-    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
-    existing = [path for path in candidates if path.is_file()]
-    return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
-
-
-def slurm_restart_count() -> int:
-    """How often SLURM has requeued this job (0 outside SLURM or on the first start)."""
-    value = os.environ.get("SLURM_RESTART_COUNT", "0")
-    return int(value) if value.isdigit() else 0
-
-
-def _is_first_process() -> bool:
-    """The process that prints run-level messages (DDP children and other SLURM tasks stay quiet)."""
-    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-def _note(message: str) -> None:
-    if _is_first_process():
-        print(f"ssl-norms: {message}", file=sys.stderr, flush=True)
-
-
-def resolve_resume(cfg: Namespace, run_dir: Path) -> None:
-    """Set ``cfg.ckpt_path`` for ``fit``: ``last`` or a SLURM requeue -> the run's newest checkpoint."""
-    ckpt_path = cfg.get("ckpt_path")
-    restarts = slurm_restart_count()
-    if ckpt_path != "last" and not (ckpt_path is None and restarts > 0):
-        return
-    found = resume_checkpoint(run_dir)
-    why = f"SLURM restart {restarts}" if ckpt_path is None else "--ckpt_path last"
-    if found is None:
-        _note(f"{why}: no checkpoint in {run_dir} yet, starting fresh")
-        cfg.ckpt_path = None
-    else:
-        _note(f"{why}: resuming {run_dir} from {found.name}")
-        cfg.ckpt_path = str(found)
+def command_line_run_args(words: list[str]) -> dict[str, str | None]:
+    """The values of ``--run_dir`` / ``--ckpt_path`` written on the command line (the last one wins)."""
+    values: dict[str, str | None] = {}
+    for i, word in enumerate(words):
+        for key in RUN_ARGS:
+            flag = f"--{key}"
+            if word == flag and i + 1 < len(words):
+                values[key] = words[i + 1]
+            elif word.startswith(f"{flag}="):
+                values[key] = word[len(flag) + 1:]
+    return {key: None if value in ("", "null", "None") else value for key, value in values.items()}
 
 
 def check_sync_batchnorm(trainer: Trainer, requested: bool) -> None:
@@ -115,29 +80,6 @@ def check_sync_batchnorm(trainer: Trainer, requested: bool) -> None:
             "--trainer.sync_batchnorm true needs GPUs (torch's SyncBatchNorm has no CPU kernel); for a multi-process "
             "CPU run pass --trainer.sync_batchnorm false (BatchNorm statistics are then per process)"
         )
-
-
-def resolve_run_dir(cfg: Namespace, subcommand: str) -> Path:
-    """Where this run writes (see module docstring)."""
-    if os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
-    if cfg.get("run_dir"):
-        return Path(cfg.run_dir)
-    experiment_dir = Path(os.environ.get(RUNS_ENV, "runs")) / experiment_name(cfg)
-    ckpt_path = cfg.get("ckpt_path")
-    if subcommand == "fit":
-        if ckpt_path == "last":
-            run = newest_resumable_run(experiment_dir)
-            if run is None:
-                raise UsageError(f"--ckpt_path last: no run with checkpoints/last.ckpt under {experiment_dir}; pass --run_dir DIR")
-            return run
-        return experiment_dir / _run_id()
-    # validate/test/predict write next to the checkpoint's run, never over its files
-    if ckpt_path and ckpt_path not in ("last", "best"):
-        ckpt = Path(ckpt_path)
-        base = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        return base / f"{subcommand}-{_run_id()}"
-    return experiment_dir / f"{subcommand}-{_run_id()}"
 
 
 def _configure_logger(logger: Namespace, run_dir: Path, cfg: Namespace) -> Namespace:
@@ -155,22 +97,93 @@ def _configure_logger(logger: Namespace, run_dir: Path, cfg: Namespace) -> Names
     return logger
 
 
+class SaveRunConfig(SaveConfigCallback):
+    """``config.yaml`` without ``run_dir`` and ``ckpt_path`` (``run_record.yaml`` keeps them): reusing
+    a run's config starts a new run."""
+
+    def __init__(self, parser: Any, config: Namespace, *args: Any, **kwargs: Any) -> None:
+        config = config.clone()
+        config.run_dir = config.ckpt_path = None
+        super().__init__(parser, config, *args, **kwargs)
+
+
 class SSLNormsCLI(LightningCLI):
+    """LightningCLI with the run rules of :mod:`ssl_norms.runs`. ``cleanup`` releases the run lock
+    when the command ends, whichever way it ends."""
+
+    def __init__(self, *args: Any, cleanup: ExitStack, **kwargs: Any) -> None:
+        self.cleanup = cleanup
+        words = kwargs.get("args")
+        words = sys.argv[1:] if words is None else words
+        self.requested = command_line_run_args(list(words)) if isinstance(words, (list, tuple)) else None
+        super().__init__(*args, save_config_callback=SaveRunConfig, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--run_dir", type=str | None, default=None,
             help=f"run directory (default ${RUNS_ENV}/<method>-<data>/<timestamp>; set it to resume a given run)",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would replace the configured model by the checkpoint's hyperparameters, silently
+        dropping command-line settings; here the config defines the model and a checkpoint holding
+        another one is refused (ssl_norms.resume)."""
+
+    def _run_args(self, cfg: Namespace) -> tuple[str | None, str | None]:
+        """``--run_dir`` and ``--ckpt_path`` as written on the command line (values from a --config
+        file are dropped with a note)."""
+        if self.requested is None:  # arguments given as a dict: all of them are explicit
+            return cfg.get("run_dir"), cfg.get("ckpt_path")
+        for key in RUN_ARGS:
+            if key not in self.requested and cfg.get(key) is not None:
+                note(f"ignoring {key}: {cfg.get(key)} from the config file (a config never continues a run; pass --{key} for that)")
+        return self.requested.get("run_dir"), self.requested.get("ckpt_path")
+
+    def _prepare_run(self, cfg: Namespace) -> Path:
+        """Resolve, check and claim the directory this command writes into (see ssl_norms.runs); sets
+        ``self.checkpoint`` and ``self.changes``. Nothing of a run is written before every check passed
+        (the lock of an existing run aside; it is removed again on exit)."""
+        run_dir_arg, ckpt_arg = self._run_args(cfg)
+        # DDP children (and other ranks) use the run dir of the process that launched them, which
+        # owns it: it alone creates it, locks it and writes the record. Rank 0 never inherits one.
+        inherited = None if self.owner else os.environ.get(RUN_DIR_ENV)
+        fit = self.subcommand == "fit"
+        locked = False
+        if fit:
+            run_dir = Path(inherited) if inherited else fit_run_dir(cfg, run_dir_arg, ckpt_arg)
+            if self.owner and run_dir is not None and run_dir.is_dir():  # lock before choosing the checkpoint
+                self.cleanup.callback(acquire_lock(run_dir))
+                locked = True
+            self.checkpoint = fit_checkpoint(run_dir, ckpt_arg)
+        else:
+            run, self.checkpoint = evaluation_target(cfg, run_dir_arg, ckpt_arg)  # children resolve the same
+        self.changes = compare_with_checkpoint(self.checkpoint, cfg.model) if self.checkpoint is not None else {}
+        if self.changes and fit:
+            note(f"resuming with changed settings from global step {self.checkpoint.global_step}: {describe_changes(self.changes)}")
+        if inherited:
+            return Path(inherited)
+        if fit and run_dir is not None:
+            out = run_dir
+        else:  # a new folder; ranks started without our launcher (torchrun) take its name, never a "-2"
+            parent = runs_root() / experiment_name(cfg) if fit else run
+            stem = timestamp() if fit else f"{self.subcommand}-{timestamp()}"
+            out = create_unique_dir(parent, stem) if self.owner else parent / stem
+        make_dir(out)
+        if fit and self.owner and not locked:
+            self.cleanup.callback(acquire_lock(out))
+        return out
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
-        run_dir = resolve_run_dir(cfg, self.subcommand)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        os.environ[RUN_DIR_ENV] = str(run_dir)
-        cfg.run_dir = str(run_dir)
-        cfg.trainer.default_root_dir = str(run_dir)
-        if self.subcommand == "fit":
-            resolve_resume(cfg, run_dir)
+        if cfg.get("weights_only") is False:
+            raise UsageError("--weights_only false is not supported: ssl-norms loads checkpoints as plain data only")
+        cfg.weights_only = True
+        self.owner = is_first_process()
+        out = self._prepare_run(cfg)
+        os.environ[RUN_DIR_ENV] = str(out)
+        cfg.run_dir = str(out)
+        cfg.ckpt_path = str(self.checkpoint.path) if self.checkpoint is not None else None
+        cfg.trainer.default_root_dir = str(out)
         logger = cfg.trainer.logger
         if logger is None or logger is True:
             logger = []
@@ -178,24 +191,40 @@ class SSLNormsCLI(LightningCLI):
             loggers = list(logger) if isinstance(logger, list) else [logger]
             if not any(entry.class_path.rsplit(".", 1)[-1] == "CSVLogger" for entry in loggers):
                 loggers.insert(0, Namespace(class_path=CSV_LOGGER, init_args=Namespace()))  # metrics.csv, always
-            cfg.trainer.logger = [_configure_logger(entry, run_dir, cfg) for entry in loggers]
-        self.run_dir = run_dir
+            cfg.trainer.logger = [_configure_logger(entry, out, cfg) for entry in loggers]
+        self.run_dir = out
+
+    def after_instantiate_classes(self) -> None:
+        if self.checkpoint is not None:
+            check_parameters(self.model, self.checkpoint)
+        if self.owner:
+            record_start(self.run_dir, self.subcommand, self.checkpoint, self.changes)
 
     def instantiate_trainer(self, **kwargs):
         # Every run keeps last.ckpt in <run_dir>/checkpoints and stops cleanly on a non-finite loss.
-        configured = self.config_init[self.subcommand].trainer.get("callbacks") or []
+        trainer_config = self.config_init[self.subcommand].trainer
+        configured = trainer_config.get("callbacks") or []
         callbacks = list(configured) if isinstance(configured, list) else [configured]
         checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
         for callback in checkpoints:
             if callback.dirpath is None:
-                callback.dirpath = str(self.run_dir / "checkpoints")
-        if not checkpoints:
-            callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / "checkpoints"), save_last=True))
+                callback.dirpath = str(self.run_dir / CHECKPOINT_DIR)
+                # the lock and check_fit_dir make every file there this run's own: overwrite, never last-v1
+                callback._enable_version_counter = False
+        if not checkpoints:  # one file, last.ckpt, replaced every epoch (save_last would add a second copy)
+            callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / CHECKPOINT_DIR), filename="last",
+                                             enable_version_counter=False))
         for default in (NonFiniteGuard, GlobalBatchLog, ReproducibleResume):
             if not any(isinstance(c, default) for c in callbacks):
                 callbacks.append(default())
-        trainer = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
-        check_sync_batchnorm(trainer, bool(self.config_init[self.subcommand].trainer.get("sync_batchnorm")))
+        if self.changes and self.subcommand == "fit":
+            callbacks.append(ApplyResumeChanges(self.changes, self.checkpoint.global_step))
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        trainer = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks, "plugins": plugins})
+        check_sync_batchnorm(trainer, bool(trainer_config.get("sync_batchnorm")))
         return trainer
 
 
@@ -210,18 +239,20 @@ def _finish_wandb_run() -> None:
 def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
     inherited = os.environ.get(RUN_DIR_ENV)
     try:
-        return SSLNormsCLI(
-            SSLMethod,
-            SSLDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            seed_everything_default=0,
-            auto_configure_optimizers=False,
-            save_config_kwargs={"overwrite": True},
-            # raise instead of printing usage + a multi-line Union report; main() condenses it
-            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in LIGHTNING_COMMANDS}},
-            args=args,
-        )
+        with ExitStack() as cleanup:
+            return SSLNormsCLI(
+                SSLMethod,
+                SSLDataModule,
+                cleanup=cleanup,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                seed_everything_default=0,
+                auto_configure_optimizers=False,
+                save_config_kwargs={"overwrite": True},
+                # raise instead of printing usage + a multi-line Union report; main() condenses it
+                parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in LIGHTNING_COMMANDS}},
+                args=args,
+            )
     finally:  # the run dir is shared with this run's DDP children only, not with later runs in-process
         _finish_wandb_run()
         if inherited is None:
@@ -276,13 +307,13 @@ def main(argv: list[str] | None = None) -> None:
             raise UsageError(f"unknown command {words[0]!r}; commands: {', '.join(COMMANDS)}")
         else:
             run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
-    except (UsageError, NonFiniteLossError, FileNotFoundError, ValueError, ArgumentError) as err:
+    except (UsageError, NonFiniteLossError, CheckpointSaveError, FileNotFoundError, ValueError, ArgumentError) as err:
         if os.environ.get("SSL_NORMS_DEBUG"):
             raise
         command = next((word for word in words if word in COMMANDS), "<command>")
         hint = f" (see `ssl-norms {command} --help`)" if isinstance(err, ArgumentError) else ""
         print(f"ssl-norms: error: {one_line_error(err)}{hint}", file=sys.stderr)
-        sys.exit(2 if not isinstance(err, NonFiniteLossError) else 3)
+        sys.exit({NonFiniteLossError: 3, CheckpointSaveError: 1}.get(type(err), 2))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ from typing import Any
 
 import yaml
 
-RUNS_ENV = "SSL_NORMS_RUNS"
+from ssl_norms.runs import holds_checkpoints
+from ssl_norms.runs import runs_root as default_runs_root
+
 TOP_LEVEL_KEYS = {"name", "config", "fixed", "grid", "points", "description"}
 SPECIAL_KEYS = {"label", "config"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -71,7 +73,7 @@ class SweepPoint:
         args += list(extra_args)
         args.append(f"--run_dir={self.run_dir}")
         if resume is None:
-            resume = self.last_checkpoint.exists()
+            resume = holds_checkpoints(self.run_dir)
         if resume:
             args.append("--ckpt_path=last")
         return args
@@ -182,7 +184,7 @@ def sweep_points(path: str | os.PathLike, runs_root: str | os.PathLike | None = 
     path = Path(path)
     spec = _load(path)
     base_dir = path.parent
-    root = Path(runs_root or os.environ.get(RUNS_ENV) or "runs")
+    root = Path(runs_root) if runs_root else default_runs_root()
     base_configs = _as_list(spec.get("config"), f"sweep file {path}: 'config'")
     fixed = spec.get("fixed") or {}
     if not isinstance(fixed, dict) or SPECIAL_KEYS & set(fixed):
@@ -256,7 +258,7 @@ def run_point(point: SweepPoint, run_cli: Callable[[list[str]], None], extra_arg
     for config in point.configs:
         if not Path(config).is_file():
             raise FileNotFoundError(f"sweep point {point.index} ({point.label}): config file {config} does not exist")
-    resume = point.last_checkpoint.exists()
+    resume = holds_checkpoints(point.run_dir)
     print(f"sweep {point.sweep} point {point.index} ({point.label}){' resuming' if resume else ''}: "
           f"{shlex.join(point.command(extra_args, resume))}", flush=True)
     run_cli(point.fit_args(extra_args, resume))

@@ -21,6 +21,8 @@ from typing import Any
 
 from jsonargparse import Namespace
 
+from ssl_norms.runs import create_file_once, note, short_name
+
 DEFAULT_PROJECT = "ssl-norms"
 RUN_ID_FILE = "wandb_run_id"  # in the run dir: one W&B run per run dir, across requeues and analyses
 
@@ -34,24 +36,12 @@ def wandb_has_credentials() -> bool:
 
 def run_id(run_dir: Path) -> str:
     """The W&B run id of a run directory (``wandb_run_id``), created once. Every SLURM task of a job
-    runs this at the same time: the file is created by linking a finished temporary file, which
-    fails for all but the first task, so all tasks, and every requeue, read the same id."""
+    runs this at the same time; the file is created atomically (:func:`ssl_norms.runs.create_file_once`),
+    so all tasks, and every requeue, read the same id."""
     id_file = Path(run_dir) / RUN_ID_FILE
     if not id_file.exists():
-        candidate = id_file.with_name(f".{RUN_ID_FILE}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-        candidate.write_text(uuid.uuid4().hex[:12])
-        try:
-            os.link(candidate, id_file)
-        except FileExistsError:
-            pass
-        finally:
-            candidate.unlink()
+        create_file_once(id_file, uuid.uuid4().hex[:12])
     return id_file.read_text().strip()
-
-
-def short_name(class_path: str) -> str:
-    """``ssl_norms.data.CIFAR10DataModule`` -> ``cifar10``: the method and data parts of run names."""
-    return class_path.rsplit(".", 1)[-1].lower().replace("datamodule", "")
 
 
 def _callback_arg(callbacks: Any, class_name: str, arg: str, default: Any = None) -> Any:
@@ -104,10 +94,13 @@ def configure_wandb_args(args: Namespace, run_dir: Path, cfg: Namespace | None =
     (``--ckpt_path last``, a SLURM requeue) continues the same W&B run. Project, group, name and tags
     come from :func:`run_labels` unless set. Without credentials (or with WANDB_MODE=offline) the
     run is offline and never waits on the network; ``wandb sync <run_dir>/wandb/offline-run-*``
-    uploads it later."""
+    uploads it later. The id is always the run directory's: an id in a reused config names another
+    run's W&B run, and continuing it would mix two runs."""
     args.save_dir = str(run_dir)
-    if not args.get("id"):
-        args.id = run_id(run_dir)
+    own_id = run_id(run_dir)
+    if args.get("id") and args.id != own_id:
+        note(f"W&B id {args.id} from the config belongs to another run; {run_dir} logs to its own W&B run {own_id}")
+    args.id = own_id
     if cfg is not None:
         labels = run_labels(cfg, run_dir)
         if not args.get("project"):

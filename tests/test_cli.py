@@ -38,9 +38,9 @@ def test_fit_demo_logs_norms_and_knn_then_validate_and_resume(tmp_path):
     assert metric_values(validate_dirs[0] / "metrics.csv", "knn/top1")[-1] == pytest.approx(knn[-1], abs=1e-6)
 
     # resume for one more epoch: the step counter continues from the checkpoint
-    steps_before = torch.load(last, weights_only=False)["global_step"]
+    steps_before = torch.load(last, weights_only=True)["global_step"]
     main(["fit", *TINY_DEMO, "--trainer.max_epochs", "3", "--run_dir", str(run_dir), "--ckpt_path", "last"])
-    assert torch.load(last, weights_only=False)["global_step"] == steps_before * 3 // 2
+    assert torch.load(last, weights_only=True)["global_step"] == steps_before * 3 // 2
 
 
 def test_resume_last_without_run_dir_finds_newest_run(tmp_path):
@@ -49,7 +49,7 @@ def test_resume_last_without_run_dir_finds_newest_run(tmp_path):
     assert len(runs) == 1
     main(["fit", *TINY_DEMO, "--ckpt_path", "last"])
     assert len(list((tmp_path / "runs" / "simclr-syntheticlatentclasses").iterdir())) == 1
-    ckpt = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 1
 
 

@@ -25,12 +25,12 @@ from ssl_norms.commands import COMMANDS
 PACKAGE = REPO / "ssl_norms"
 
 # The bottom layer: pure tensor code that imports nothing of the project above it.
-BOTTOM = ("ssl_norms.losses", "ssl_norms.models", "ssl_norms.grad_scale", "ssl_norms.distributed")
+BOTTOM = ("ssl_norms.losses", "ssl_norms.models", "ssl_norms.grad_scale", "ssl_norms.distributed", "ssl_norms.contract")
 # Helpers every layer may use; they import nothing but the bottom layer and each other.
 NEUTRAL = ("ssl_norms.eval", "ssl_norms.figures", "ssl_norms.threads", "ssl_norms.lightning_compat", "ssl_norms.wandb_setup",
-           "ssl_norms.command_line")
+           "ssl_norms.command_line", "ssl_norms.runs")
 # The command line: the entry point and the commands it dispatches to.
-CLI = ("ssl_norms.cli", "ssl_norms.commands", "ssl_norms.sweep", "ssl_norms.slurm")
+CLI = ("ssl_norms.cli", "ssl_norms.commands", "ssl_norms.sweep", "ssl_norms.slurm", "ssl_norms.resume")
 
 
 def module_name(path: Path) -> str:

@@ -143,8 +143,8 @@ def metric_series(run_dir: Path, key: str) -> list[tuple[int, float]]:
 def assert_continues_exactly(reference: Path, resumed: Path, missing_knn_steps: tuple[int, ...] = (),
                              logged_values_exact: bool = True) -> None:
     """Final checkpoint and logged metrics of ``resumed`` equal those of the uninterrupted ``reference``."""
-    ref = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=False)
-    got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    ref = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
+    got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     assert got["global_step"] == ref["global_step"] == STEPS_PER_EPOCH * EPOCHS
     assert got["epoch"] == ref["epoch"]
     assert got["lr_schedulers"][0]["last_epoch"] == ref["lr_schedulers"][0]["last_epoch"]  # lr schedule position
@@ -176,10 +176,14 @@ def _kill_and_resume(reference: Path, tmp_path: Path, point: str, sig: signal.Si
     run_dir = tmp_path / f"killed-{point}"
     code = kill_at(run_dir, point, sig)
     assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0)  # SIGTERM: Lightning stops gracefully
-    before = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    before = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert before < STEPS_PER_EPOCH * EPOCHS
+    # SIGKILL leaves the lock of a dead process, which the resume takes over; SIGTERM releases it
+    assert (run_dir / "run.lock").exists() == (sig == signal.SIGKILL)
     result = run_fit(run_dir, "--ckpt_path", "last")
     assert "--ckpt_path last: resuming" in result.stderr
+    assert ("taking over the lock" in result.stderr) == (sig == signal.SIGKILL)
+    assert not (run_dir / "run.lock").exists()
     return run_dir
 
 
@@ -248,5 +252,5 @@ def test_isoloss_ema_target_and_correlation_continue_exactly(tmp_path):
     assert kill_at(run_dir, "after-checkpoint", signal.SIGKILL, args=["--run_dir", str(run_dir), *method]) == -signal.SIGKILL
     run_fit(run_dir, *method, "--ckpt_path", "last")
     assert_continues_exactly(reference, run_dir)
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert "correlation" in state and any(name.startswith("target.") for name in state)

@@ -19,12 +19,16 @@ from torch import Tensor
 
 from ssl_norms.analysis.output import AnalysisUnavailable
 from ssl_norms.data.base import SSLDataModule
+from ssl_norms.runs import load_error
 
 # num_classes -> (CIFAR-N file, the human label compared with clean_label)
 NOISY_LABEL_FILES = {10: ("CIFAR-10_human.pt", "aggre_label"), 100: ("CIFAR-100_human.pt", "noisy_label")}
 NOISY_LABEL_FOLDERS = ("cifar10n", "cifar-10-100n", "")
 CIFAR10H_FOLDERS = ("cifar10h", "cifar-10h", "")
 CIFAR10H_PROBS = "cifar10h-probs.npy"
+# what unpickling numpy arrays needs (the CIFAR-N files hold int64 arrays; numpy 1 pickles name numpy.core)
+NUMPY_ARRAY_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.int64)), np._core.multiarray._reconstruct,
+                       (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
 
 
 def storage_format(datamodule: SSLDataModule) -> str:
@@ -45,7 +49,11 @@ def find_file(root: Path, folders: tuple[str, ...], name: str, what: str, option
 
 def load_noisy_labels(path: Path, key: str) -> tuple[Tensor, Tensor]:
     """(clean_label, ``key`` label) of a CIFAR-N ``*_human.pt`` file, both of length 50,000."""
-    table = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # plain data only: numpy arrays are allowed, nothing that could run code
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            table = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file or a refused global: one line naming the file
+        raise ValueError(load_error(Path(path), err)) from None
     if not isinstance(table, dict) or "clean_label" not in table:
         raise ValueError(f"{path} is not a CIFAR-N label file (a dict with 'clean_label')")
     if key not in table:

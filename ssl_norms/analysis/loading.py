@@ -13,12 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ssl_norms.data.base import SSLDataModule, seeded_subset
 from ssl_norms.methods import SSLMethod
-
-
-def run_dir_of(ckpt: str | Path) -> Path:
-    """The run directory of a checkpoint (``<run_dir>/checkpoints/x.ckpt`` -> ``<run_dir>``)."""
-    ckpt = Path(ckpt)
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+from ssl_norms.runs import read_checkpoint, run_dir_of
 
 
 def read_run_config(path: str | Path) -> dict[str, Any]:
@@ -49,14 +44,14 @@ def load_model(ckpt: str | Path, config: dict[str, Any] | None = None) -> SSLMet
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt}; pass --ckpt <run_dir>/checkpoints/last.ckpt")
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    hparams = read_checkpoint(ckpt).hparams  # plain data only: a checkpoint cannot run code
     class_path = hparams.get("_class_path") or ((config or {}).get("model") or {}).get("class_path")
     if not class_path:
         raise ValueError(f"{ckpt} does not name its model class; pass --config <run_dir>/config.yaml")
     cls = _import(class_path)
     if not (isinstance(cls, type) and issubclass(cls, SSLMethod)):
         raise ValueError(f"{class_path} is not an ssl_norms SSLMethod")
-    model = cls.load_from_checkpoint(ckpt, map_location="cpu")
+    model = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     return model.eval()
 
 

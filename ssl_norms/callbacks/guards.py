@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -12,9 +14,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 def last_good_checkpoint(trainer: L.Trainer) -> str:
+    """The checkpoint a resume would start from: the last one saved, if it is (still) on disk; a
+    resumed run whose directory moved carries the old location, which is not named."""
     callback = trainer.checkpoint_callback
-    path = (callback.last_model_path or callback.best_model_path) if callback is not None else ""
-    return path or "none saved yet"
+    paths = (callback.last_model_path, callback.best_model_path) if callback is not None else ()
+    return next((path for path in paths if path and Path(path).is_file()), "none saved yet")
 
 
 def _where(trainer: L.Trainer) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ssl_norms.command_line import Member, Subcommands, help_line
 from ssl_norms.figures import WandbFigures
+from ssl_norms.runs import runs_root
 from ssl_norms.simulations import SIMULATIONS, simulation_params
 
 
@@ -28,7 +29,7 @@ def simulate(name: str, *, out: Path | None = None, wandb: bool = False, **setti
         out: output directory (default $SSL_NORMS_RUNS/simulations, i.e. runs/simulations)
         wandb: also log the PNGs and numbers into a W&B run under <out>/wandb (offline without credentials)
     """
-    out_dir = out or Path(os.environ.get("SSL_NORMS_RUNS") or "runs") / "simulations"
+    out_dir = out or runs_root() / "simulations"
     figures = WandbFigures(out_dir, job_type="simulation", name=f"simulate-{name}") if wandb else None
     try:
         for simulation in SIMULATIONS if name == "all" else [name]:
