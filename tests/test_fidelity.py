@@ -243,3 +243,138 @@ def test_every_fidelity_md_command_parses_and_instantiates(fit_parser, monkeypat
         node = ast.parse(call).body[0].value
         function = getattr(analysis, node.func.id)
         inspect.signature(function).bind(*[None] * len(node.args), **{k.arg: None for k in node.keywords})
+
+
+# ---------------------------------------------------------------------------------------------
+# The as-run options, one by one
+# ---------------------------------------------------------------------------------------------
+
+
+def test_lars_follows_solo_learn_with_bias_and_norm_excluded():
+    """One LARS step (timm's Lars through ``optimizer: lars``) against solo-learn's rule written from its source
+    (implicit-var-reg solo/utils/lars.py, ``step``): matrices get lr x min(eta |p| / (|g| + wd |p|) / lr, 1)
+    x (g + wd p) (clip_lr), 1-d parameters (exclude_bias_n_norm) plain lr x g without weight decay."""
+    from ssl_norms.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = SimCLR(backbone="mlp", input_dim=8, mlp_hidden_dims=[16], projector_dims=[4], weight_decay=1e-4,
+                   exclude_bias_and_norm_from_wd=True, optimizer="lars", lars_eta=0.02, lars_clip=True, lr=1.0, momentum=0.9)
+    groups = model._split_weight_decay(model.parameter_groups())
+    for group in groups:
+        group.setdefault("weight_decay", 1e-4)
+    optimizer = build_optimizer("lars", groups, lr=1.0, momentum=0.9, nesterov=False, lars_eta=0.02, lars_clip=True)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = {p: p.detach().clone() for p in model.parameters()}
+    optimizer.step()
+    for p, old in before.items():
+        g = p.grad
+        if p.ndim == 1:
+            expected = old - 1.0 * g
+        else:
+            ratio = min(0.02 * old.norm() / (g.norm() + old.norm() * 1e-4 + 1e-8) / 1.0, 1.0)
+            expected = old - 1.0 * ratio * (g + 1e-4 * old)  # first step: the momentum buffer is the update
+        torch.testing.assert_close(p.detach(), expected)
+
+
+def test_released_get_lr_without_warmup_and_schedule_epochs_validation():
+    from ssl_norms.optim import released_get_lr
+
+    assert released_get_lr(0, 10, 5, 0.5, 1e-3, 0) == pytest.approx(0.5)
+    assert released_get_lr(25, 10, 5, 0.5, 1e-3, 0) == pytest.approx(1e-3 + (0.5 - 1e-3) * 0.5)  # half-way: cos = 0
+    with pytest.raises(ValueError, match="schedule_epochs"):
+        SimCLR(backbone="mlp", input_dim=8, mlp_hidden_dims=[8], projector_dims=[4], warmup_epochs=10, schedule_epochs=5)
+    with pytest.raises(ValueError, match="accumulation"):
+        SimCLR(backbone="mlp", input_dim=8, mlp_hidden_dims=[8], projector_dims=[4], accumulation="max")
+
+
+def test_cross_view_nce_is_the_released_nt_xent():
+    """Against CLA/utils/losses.py:19-46 written out: -mean(z1_i.z2_i)/t + mean_i log sum_{j != i} exp(z1_i.z2_j / t)."""
+    from ssl_norms.losses import cross_view_nce
+
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    a, b = torch.nn.functional.normalize(z1, dim=1), torch.nn.functional.normalize(z2, dim=1)
+    sims = a @ b.T / 0.5
+    attractive = -(a * b).sum(-1).mean() / 0.5
+    sims[torch.arange(6), torch.arange(6)] = -1e5
+    repulsive = torch.log(torch.exp(sims).sum(-1)).mean()
+    torch.testing.assert_close(cross_view_nce(z1, z2, 0.5).double(), attractive + repulsive, rtol=1e-5, atol=1e-6)
+    # with a (single-process) gather the candidates are the same rows
+    torch.testing.assert_close(cross_view_nce(z1, z2, 0.5, gather=lambda z: (z, 0)), cross_view_nce(z1, z2, 0.5))
+
+
+def test_as_run_heads_backbone_and_byol_loss_scale():
+    simclr = SimCLR(projector_dims=[128, 128], projector_batchnorm=False, zero_init_residual=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in simclr.projector.modules())
+    assert [m.out_features for m in simclr.projector if isinstance(m, torch.nn.Linear)] == [128, 128]
+    assert all(block.bn2.weight.abs().sum() == 0 for block in simclr.backbone.modules() if hasattr(block, "bn2"))
+    narrow = SimCLR(backbone_width=8, projector_dims=[4], zero_init_residual=True)
+    assert all(block.bn2.weight.abs().sum() == 0 for block in narrow.backbone.modules() if hasattr(block, "bn2"))
+    assert SimCLR(projector_dims=[4]).backbone.layer1[0].bn2.weight.abs().sum() > 0  # default unchanged
+
+    from ssl_norms.methods import BYOL
+
+    views = [torch.randn(8, 8), torch.randn(8, 8)]
+    losses = []
+    for scale in (1.0, 0.25):
+        torch.manual_seed(0)
+        model = BYOL(backbone="mlp", input_dim=8, mlp_hidden_dims=[16], projector_dims=[8], predictor_hidden_dims=[4], loss_scale=scale)
+        losses.append(model.ssl_step(views).loss)
+    torch.testing.assert_close(losses[1], 0.25 * losses[0])
+
+
+def test_isoloss_correlation_once_per_view_and_in_validation():
+    from ssl_norms.methods import IsoLoss
+
+    torch.manual_seed(0)
+    kwargs = dict(backbone="mlp", input_dim=8, mlp_hidden_dims=[16], projector_dims=[16, 6], correlation_tau=0.9)
+    model = IsoLoss(correlation_update="view", correlation_in_validation=True, **kwargs)
+    views = [torch.randn(32, 8), torch.randn(32, 8)]
+    with torch.no_grad():
+        z1, z2 = model.projector(model.backbone(torch.cat(views))).chunk(2)
+    model.ssl_step(views)
+    expected = torch.zeros(6, 6)
+    for z in (z1, z2):  # two EMA steps, one per view
+        expected = 0.9 * expected + 0.1 * z.T @ z / len(z)
+    torch.testing.assert_close(model.correlation, expected)
+    model.eval()
+    before = model.correlation.clone()
+    model.validation_step({"image": views[0], "label": torch.zeros(32), "index": torch.arange(32)}, 0)
+    assert not torch.equal(model.correlation, before)
+    default = IsoLoss(**kwargs).eval()
+    default.validation_step({"image": views[0], "label": torch.zeros(32), "index": torch.arange(32)}, 0)
+    assert default.correlation.abs().sum() == 0  # the clean default never updates C outside training
+
+
+def test_independent_jitters_and_no_normalisation():
+    from ssl_norms.data.augment import BatchedSimCLRAugmentation
+    from ssl_norms.data.splits import IMBALANCE_PRESETS, imbalanced_counts
+
+    augment = BatchedSimCLRAugmentation(32, (0.0,) * 3, (1.0,) * 3, color_jitter="independent")
+    params = augment.sample(20_000, 32, 32, torch.Generator().manual_seed(0))
+    applied = params["jitter"].float()
+    assert applied.shape == (20_000, 4) and applied.mean(0).tolist() == pytest.approx([0.8] * 4, abs=0.015)
+    assert abs(torch.corrcoef(applied.T)[0, 1]) < 0.03  # each jitter drawn on its own
+    assert (params["order"] == torch.arange(4)).all()  # brightness, contrast, saturation, hue
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    x = augment(images, torch.Generator().manual_seed(0))
+    assert x.min() >= 0 and x.max() <= 1  # no Normalize
+    plain = CIFAR10DataModule(normalize=False).plain_transform()(images)
+    torch.testing.assert_close(plain, images.float() / 255)
+    assert sum(imbalanced_counts(100, *IMBALANCE_PRESETS["cifar100_released"])) == 14_750
+
+
+def test_released_analysis_variants_count_the_point_itself():
+    from ssl_norms.analysis.neighbours import knn_predict_leave_one_out
+    from ssl_norms.simulations.parametric import random_pair_nce
+
+    feats = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    # k = 2, equal votes (temperature inf), itself counted: points 0 and 1 tie (0 vs 1) and take the smaller
+    # label, as sklearn's majority; point 2 has itself and point 1
+    assert knn_predict_leave_one_out(feats, labels, 2, k=2, temperature=math.inf, exclude_self=False).tolist() == [0, 0, 1]
+    assert knn_predict_leave_one_out(feats, labels, 2, k=1, temperature=math.inf).tolist() == [1, 0, 1]
+    z, y = torch.randn(16, 4), torch.tensor([0, 1] * 8)
+    loss = random_pair_nce(z, y, 1.0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss > 0
