@@ -55,26 +55,29 @@ def knn_predict(
 
 @torch.no_grad()
 def knn_predict_leave_one_out(
-    feats: Tensor, labels: Tensor, num_classes: int, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024
+    feats: Tensor, labels: Tensor, num_classes: int, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024,
+    exclude_self: bool = True,
 ) -> Tensor:
     """Predicted label of every row of ``feats`` from its ``k`` most cosine-similar *other* rows
-    (the vote of :func:`knn_predict`).
+    (the vote of :func:`knn_predict`; ``temperature=inf``: equal votes).
 
-    A point is excluded by position, not by similarity, so an exact duplicate of it still votes.
-    Memory is O(chunk_size x n).
+    A point is excluded by position, not by similarity, so an exact duplicate of it still votes;
+    ``exclude_self=False`` keeps the point among its own neighbours (fit and predict on one set, as
+    the released notebook does). Memory is O(chunk_size x n).
     """
     if feats.ndim != 2 or len(feats) != len(labels):
         raise ValueError(f"need (N, D) features and N labels, got {tuple(feats.shape)} and {tuple(labels.shape)}")
     if len(feats) < 2:
         raise ValueError("leave-one-out k-NN needs at least 2 points")
     _check_vote(k, temperature)
-    k = min(k, len(feats) - 1)
+    k = min(k, len(feats) - 1 if exclude_self else len(feats))
     bank = F.normalize(feats.float(), dim=1)
     labels = labels.to(bank.device).long()
     predictions = []
     for start in range(0, len(bank), chunk_size):
         sim = bank[start : start + chunk_size] @ bank.T
-        rows = torch.arange(len(sim), device=bank.device)
-        sim[rows, start + rows] = -torch.inf  # a point is never its own neighbour
+        if exclude_self:
+            rows = torch.arange(len(sim), device=bank.device)
+            sim[rows, start + rows] = -torch.inf  # a point is never its own neighbour
         predictions.append(_vote(sim, labels, num_classes, k, temperature))
     return torch.cat(predictions)

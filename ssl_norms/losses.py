@@ -261,3 +261,30 @@ def vicreg_loss(
         variance = _variance_hinge(z1, gamma, eps) + _variance_hinge(z2, gamma, eps)
         covariance = _off_diagonal_covariance(z1) + _off_diagonal_covariance(z2)
         return invariance_weight * invariance + variance_weight * variance + covariance_weight * covariance
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper code's contrastive loss (as-run option of SimCLR)
+# ---------------------------------------------------------------------------------------------
+
+
+def cross_view_nce(z1: Tensor, z2: Tensor, temperature: float = 0.5, gather: Gather | None = None) -> Tensor:
+    """The contrastive loss the paper's released code trains SimCLR with (SSLEmbeddingNorms
+    ``CLA/utils/losses.py:19-46``, its ``nt_xent``), which is *not* NT-Xent:
+
+    ``mean_i [ -s_ii / T + log sum_{j != i} exp(s_ij / T) ]`` with ``s = cos(z1_i, z2_j)``: anchors are
+    the rows of ``z1`` only, the candidates the rows of the other view only, and the positive is left
+    out of the denominator (a one-sided, decoupled InfoNCE with N - 1 negatives instead of 2N - 2).
+    With ``gather`` the candidates are the other view's rows of the global batch.
+    """
+    if not temperature > 0:
+        raise ValueError(f"cross_view_nce temperature must be > 0, got {temperature}")
+    _check_pair("cross_view_nce", z1, z2, "z1", "z2")
+    with _float32_region(z1):
+        z1, z2 = z1.float(), z2.float()
+        cols, offset = (z2, 0) if gather is None else gather(z2)
+        logits = F.normalize(z1, dim=1) @ F.normalize(cols, dim=1).T / temperature  # (n, N)
+        rows = torch.arange(len(z1), device=logits.device)
+        positive = logits[rows, rows + offset]
+        negatives = logits.index_put((rows, rows + offset), torch.tensor(float("-inf"), device=logits.device))
+        return (torch.logsumexp(negatives, dim=1) - positive).mean()

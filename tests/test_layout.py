@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 from conftest import REPO
 from ssl_norms.commands import COMMANDS

@@ -30,13 +30,14 @@ from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
 from ssl_norms.eval import knn_predict_leave_one_out
 from ssl_norms.figures import new_figure, save_figure, write_csv, write_json, write_samples
 
-Space = Literal["embeddings", "features"]
-SPACE_NAMES = {"embeddings": "embedding", "features": "backbone-feature"}  # embedding = loss space
+Space = Literal["embeddings", "features", "projector"]
+# embedding = loss space; projector = the projector output (the released code's Fig 4 space)
+SPACE_NAMES = {"embeddings": "embedding", "features": "backbone-feature", "projector": "projector-output"}
 
 
 def _check_space(space: str) -> None:
-    if space not in ("embeddings", "features"):
-        raise ValueError(f"space must be 'embeddings' (loss space) or 'features' (backbone), got {space!r}")
+    if space not in SPACE_NAMES:
+        raise ValueError(f"space must be 'embeddings' (loss space), 'features' (backbone) or 'projector', got {space!r}")
 
 
 def norm_buckets(norms: Tensor, num_buckets: int = 20) -> Tensor:
@@ -123,28 +124,37 @@ def knn_by_norm(
     temperature: float = 0.1,
     num_buckets: int = 20,
     min_count: int = 50,
+    leave_one_out: bool = True,
 ) -> AnalysisResult:
-    """Fig 4 left: leave-one-out k-NN accuracy per norm bucket.
+    """Fig 4 left: leave-one-out cosine k-NN accuracy of the ``split`` images per norm bucket.
 
-    The cosine k-NN classifies every ``split`` image by the others (never by itself).
+    The cosine k-NN classifies every ``split`` image by the others (never by itself). The released
+    notebook's variant (``Norm as Accuracy.ipynb``: sklearn ``KNeighborsClassifier(10)`` fitted and
+    evaluated on the same projector outputs) is ``k=10, temperature=inf`` (equal votes),
+    ``space=knn_space="projector"``, ``leave_one_out=False`` (every image votes for itself).
 
     Args:
         split: images to study (train or test)
-        space: norm of the loss-space ``embeddings`` or of the backbone ``features``
-        knn_space: space of the k-NN classifier (``embeddings`` or ``features``)
+        space: norm of the loss-space ``embeddings``, the backbone ``features`` or the ``projector`` output
+        knn_space: space of the k-NN classifier (``embeddings``, ``features`` or ``projector``)
         k: k-NN neighbours
-        temperature: k-NN vote temperature
+        temperature: k-NN vote temperature (inf: equal votes)
         num_buckets: norm buckets of equal width (20: width 0.05)
         min_count: plot buckets with more than this many images
+        leave_one_out: exclude each image from its own neighbours (false: the released notebook)
     """
     _check_space(space)
     _check_space(knn_space)
     embedded = run.embeddings(split)
+    if space not in embedded or knn_space not in embedded:
+        raise AnalysisUnavailable(f"{type(run.model).__name__} has no projector output")
     norms = embedded[space].norm(dim=1)
-    predicted = knn_predict_leave_one_out(embedded[knn_space], embedded["labels"], run.datamodule.num_classes, k, temperature)
+    predicted = knn_predict_leave_one_out(
+        embedded[knn_space], embedded["labels"], run.datamodule.num_classes, k, temperature, exclude_self=leave_one_out
+    )
     correct = (predicted == embedded["labels"]).double()
     numbers = {"split": split, "augmented": run.augmented and split == "train", "norm_space": space, "knn_space": knn_space,
-               "k": min(k, len(norms) - 1), "temperature": temperature}
+               "k": min(k, len(norms) - 1), "temperature": temperature, "leave_one_out": leave_one_out}
     return _write_bucket_study(
         "knn_by_norm", out_dir, norms, correct, num_buckets, min_count, numbers, f"leave-one-out cosine {numbers['k']}-NN accuracy (%)",
         f"Fig 4 left: k-NN accuracy by {SPACE_NAMES[space]} norm ({split})", 100.0,

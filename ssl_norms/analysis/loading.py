@@ -124,7 +124,9 @@ def limit_samples(dataset: Dataset, max_samples: int | None, seed: int = 0) -> D
 
 @torch.no_grad()
 def embed_dataset(model: SSLMethod, dataset: Dataset, batch_size: int = 256, num_workers: int = 0) -> dict[str, Tensor]:
-    """``{"features", "embeddings", "labels", "index"}`` of every evaluation item, in dataset order.
+    """``{"features", "embeddings", "labels", "index"}`` of every evaluation item, in dataset order,
+    plus ``"projector"`` (the projector output, the space the paper's released figures use) for
+    methods with a ``projector``.
 
     Uses ``model.embed`` (backbone features and loss-space embeddings) in eval mode without
     gradients; the model's previous train/eval mode is restored afterwards."""
@@ -135,6 +137,9 @@ def embed_dataset(model: SSLMethod, dataset: Dataset, batch_size: int = 256, num
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     parts: dict[str, list[Tensor]] = {"features": [], "embeddings": [], "labels": [], "index": []}
+    projector = getattr(model, "projector", None)
+    if projector is not None:
+        parts["projector"] = []
     try:
         for batch in loader:
             if "image" not in batch:
@@ -142,6 +147,8 @@ def embed_dataset(model: SSLMethod, dataset: Dataset, batch_size: int = 256, num
             features, embeddings = model.embed(batch["image"].to(device))
             parts["features"].append(features.float().cpu())
             parts["embeddings"].append(embeddings.float().cpu())
+            if projector is not None:
+                parts["projector"].append(projector(features).float().cpu())
             parts["labels"].append(torch.as_tensor(batch["label"]).long())
             parts["index"].append(torch.as_tensor(batch["index"]).long())
     finally:

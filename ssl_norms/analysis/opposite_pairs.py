@@ -49,17 +49,30 @@ def opposite_rate_at_epochs(metrics_csv: str | Path, epochs: list[int | str]) ->
     return {f"epoch {epoch}": by_epoch.get(epoch - 1, math.nan) for epoch in wanted}
 
 
+def loss_target(model, view: torch.Tensor) -> torch.Tensor:
+    """What the loss compares a prediction with: the EMA target's output (BYOL, IsoLoss with a
+    target), else the projector output (SimSiam's stop-gradient branch; SimCLR's embedding)."""
+    target = getattr(model, "target", None)
+    return target([view])[0] if target is not None else model.projector(model.backbone(view))
+
+
 @torch.no_grad()
-def recomputed_opposite_rate(run: TrainedRun, num_pairs: int = 2048) -> float:
-    """Share of positive pairs (two augmented views of a training image) with cosine < 0 in the
-    loss space of the checkpoint (eval mode; seeded subset and augmentations)."""
+def recomputed_opposite_rate(run: TrainedRun, num_pairs: int = 2048, pair: str = "views") -> float:
+    """Share of positive pairs (two augmented views of a training image) with cosine < 0, in the
+    checkpoint's eval mode on a seeded subset and seeded augmentations. ``pair="views"``: the two
+    views' loss-space embeddings (p1, p2: what the norm monitor logs); ``pair="loss"``: the pair the
+    loss compares, p1 against the other view's target (:func:`loss_target`), the paper's Table S1."""
+    if pair not in ("views", "loss"):
+        raise ValueError(f"pair must be 'views' or 'loss', got {pair!r}")
     model = run.model.eval()
     dataset = limit_samples(run.datamodule.train_set, num_pairs, run.seed)
     cosines = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)
         for batch in DataLoader(dataset, batch_size=run.batch_size, shuffle=False):
-            z1, z2 = (model.embed(view.to(model.device))[1] for view in batch["views"][:2])
+            v1, v2 = (view.to(model.device) for view in batch["views"][:2])
+            z1 = model.embed(v1)[1]
+            z2 = loss_target(model, v2) if pair == "loss" else model.embed(v2)[1]
             cosines.append(F.cosine_similarity(z1.float(), z2.float(), dim=-1))
     return (torch.cat(cosines) < 0).double().mean().item()
 
@@ -72,6 +85,7 @@ def opposite_pairs(
     epochs: str | list[int | str] = "1,10,100,last",
     labels: list[str] | None = None,
     num_pairs: int = 2048,
+    pair: str = "views",
 ) -> AnalysisResult:
     """Table S1: positive pairs at angle > pi/2 at given epochs.
 
@@ -82,6 +96,7 @@ def opposite_pairs(
         epochs: epochs of the table, 1-based, comma-separated (``last``: the run's last epoch)
         labels: a legend label per run (default: the settings in which their configs differ)
         num_pairs: augmented pairs for the rate recomputed on the checkpoint
+        pair: the pair of the recomputed entry (the logged rates are the views' pair p1, p2)
     """
     if not runs:
         raise ValueError("opposite_pairs needs at least one run directory")
@@ -96,7 +111,8 @@ def opposite_pairs(
         marked = [(int(k.split()[1]), v) for k, v in row.items() if k.startswith("epoch") and not math.isnan(v)]
         ax.scatter([e for e, _ in marked], [100 * v for _, v in marked], color=line.get_color(), edgecolor="black", zorder=3)
         if checkpoint_run is not None and checkpoint_run.run_dir is not None and Path(run).resolve() == checkpoint_run.run_dir.resolve():
-            rate = row["checkpoint (recomputed, eval mode)"] = recomputed_opposite_rate(checkpoint_run, num_pairs)
+            column = "checkpoint (recomputed, eval mode)" if pair == "views" else "checkpoint (recomputed, eval mode, loss pair)"
+            rate = row[column] = recomputed_opposite_rate(checkpoint_run, num_pairs, pair)
             ax.scatter([max(curve) + 1], [100 * rate], marker="*", s=180, color=line.get_color(), edgecolor="black", zorder=4,
                        label=f"{label}: recomputed from the checkpoint (eval mode)")
         rows.append(row)

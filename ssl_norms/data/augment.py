@@ -15,6 +15,10 @@ does (same distributions, same order of operations), and applies them as batched
   in HSV);
 * grayscale with p=0.2; then scale to [0, 1] floats and normalise.
 
+``color_jitter="independent"`` is the paper's released recipe instead (SSLEmbeddingNorms
+``CLA/utils/data_utils.py:108-115``): brightness, contrast, saturation and hue are four separate
+``RandomApply`` steps, each applied with p=0.8 on its own, always in that order.
+
 Everything is computed in float32 in [0, 1]; torchvision working on uint8 rounds after every
 operation, so pixel values differ by rounding only. The same object runs on any device (the
 datamodule can apply it after the batch reached the GPU).
@@ -138,13 +142,18 @@ class BatchedSimCLRAugmentation:
         min_scale: smallest crop area fraction.
         jitter_p / grayscale_p / flip_p: probabilities of those steps.
         crop: False when the images are already cropped (crops taken at decode time).
+        color_jitter: ``simclr`` (one ColorJitter with p=``jitter_p``, operations in random order) or
+            ``independent`` (each operation on its own with p=``jitter_p``, fixed order; module docstring).
     """
 
     def __init__(
         self, size: int, mean: Sequence[float], std: Sequence[float], jitter_strength: float = 0.5, min_scale: float = 0.2,
         jitter_p: float = 0.8, grayscale_p: float = 0.2, flip_p: float = 0.5, crop: bool = True,
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3), color_jitter: str = "simclr",
     ) -> None:
+        if color_jitter not in ("simclr", "independent"):
+            raise ValueError(f"color_jitter must be 'simclr' or 'independent', got {color_jitter!r}")
+        self.independent_jitter = color_jitter == "independent"
         if not 0 < min_scale <= 1:
             raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
         if jitter_strength < 0:
@@ -165,7 +174,8 @@ class BatchedSimCLRAugmentation:
         if self.crop:
             params["box"] = random_crop_boxes(n, height, width, self.scale, self.ratio, generator, device)
         params["flip"] = torch.rand(n, generator=generator, device=device) < self.flip_p
-        params["jitter"] = torch.rand(n, generator=generator, device=device) < self.jitter_p
+        # simclr: one draw per sample; independent: one per (sample, operation)
+        params["jitter"] = torch.rand((n, 4) if self.independent_jitter else n, generator=generator, device=device) < self.jitter_p
         params["factors"] = torch.stack([
             _uniform(n, max(0.0, 1 - self.brightness), 1 + self.brightness, generator, device),
             _uniform(n, max(0.0, 1 - self.contrast), 1 + self.contrast, generator, device),
@@ -173,6 +183,8 @@ class BatchedSimCLRAugmentation:
             _uniform(n, -self.hue, self.hue, generator, device),
         ], dim=1)
         params["order"] = torch.argsort(torch.rand(n, 4, generator=generator, device=device), dim=1)
+        if self.independent_jitter:
+            params["order"] = torch.arange(4, device=device).expand(n, 4)
         params["gray"] = torch.rand(n, generator=generator, device=device) < self.grayscale_p
         return params
 
@@ -187,7 +199,8 @@ class BatchedSimCLRAugmentation:
             # position k of each sample's random order: run each operation on the samples whose k-th step it is
             for k in range(4):
                 for op_index, op in enumerate(COLOR_OPS):
-                    rows = (jitter & (order[:, k] == op_index)).nonzero().flatten()
+                    applied = jitter[:, op_index] if jitter.ndim == 2 else jitter
+                    rows = (applied & (order[:, k] == op_index)).nonzero().flatten()
                     if len(rows):
                         x[rows] = op(x[rows], factors[rows, op_index])
         gray = params["gray"].view(-1, 1, 1, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Literal
 
 import lightning as L
 import torch
@@ -213,14 +214,20 @@ class ImageDataModule(SSLDataModule):
         num_views: augmented views per training image.
         augment_on: ``workers`` or ``device`` (see above).
         on_corrupt: ``error`` (name the unreadable image file) or ``skip`` (leave it out, warn, count).
+        color_jitter: ``simclr`` or ``independent`` (the paper code's four separate jitters, see
+            :class:`~ssl_norms.data.augment.BatchedSimCLRAugmentation`).
+        normalize: ``False`` leaves every image (training and evaluation) in [0, 1], as the paper code.
         **kwargs: see :class:`SSLDataModule`.
     """
 
     def __init__(
         self, jitter_strength: float = 0.5, min_scale: float = 0.2, num_views: int = 2, augment_on: str = "workers",
-        on_corrupt: str = "error", **kwargs,
+        on_corrupt: str = "error", color_jitter: Literal["simclr", "independent"] = "simclr", normalize: bool = True, **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.color_jitter = color_jitter
+        if not normalize:
+            self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         if num_views < 2:
             raise ValueError(f"num_views must be >= 2, got {num_views}")
         if augment_on not in AUGMENT_PLACES:
@@ -234,7 +241,9 @@ class ImageDataModule(SSLDataModule):
         self.augment = None
 
     def augmentation(self, size: int, crop: bool = True) -> BatchedSimCLRAugmentation:
-        return BatchedSimCLRAugmentation(size, self.mean, self.std, self.jitter_strength, self.min_scale, crop=crop)
+        return BatchedSimCLRAugmentation(
+            size, self.mean, self.std, self.jitter_strength, self.min_scale, crop=crop, color_jitter=self.color_jitter
+        )
 
     def plain_transform(self, rgb: bool = False):
         """Evaluation transform of images already at the evaluation size."""

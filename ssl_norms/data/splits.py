@@ -12,6 +12,8 @@ from torch import Tensor
 IMBALANCE_PRESETS: dict[str, tuple[int, float]] = {
     "cifar10": (5000, 1.5),  # 5000, 3333, 2222, 1481, 987, 658, 438, 292, 195, 130 = 14,736 images
     "cifar100": (500, 1.034),  # 500, 483, ..., 18 = 14,620 images
+    # the paper code's base (SSLEmbeddingNorms CLA/utils/data_utils.py:171): 500, 483, ..., 18 = 14,750 images
+    "cifar100_released": (500, 1.03365),
 }
 
 

@@ -16,20 +16,13 @@ from torch import Tensor, nn
 
 from ssl_norms.contract import EmbeddedBatch, SSLStep
 from ssl_norms.models import build_backbone
+from ssl_norms.optim import (
+    ACCUMULATIONS, LR_SCHEDULES, OPTIMIZERS, SCHEDULE_UNITS, Accumulation, LrSchedule, OptimizerName, ScheduleUnit,
+    build_optimizer, lr_factor, scale_gradients,
+)
+from ssl_norms.optim import warmup_cosine_factor  # noqa: F401  (its former home; tests import it from here)
 
 
-def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, floor: float, warmup_start: float = 0.0) -> float:
-    """Multiplier of the base lr at ``step``: linear warmup from ``warmup_start`` to 1, then cosine
-    down to ``floor`` (a fraction of the base lr) at ``total_steps``.
-
-    LambdaLR multiplies the base lr by this value, so it must be a *factor*; returning an absolute
-    lr here would square the learning rate.
-    """
-    if step < warmup_steps:
-        return warmup_start + (1.0 - warmup_start) * step / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def apply_to_views(network: Callable[[Tensor], Tensor], views: list[Tensor]) -> list[Tensor]:
@@ -70,7 +63,20 @@ class SSLMethod(L.LightningModule):
         exclude_bias_and_norm_from_wd: no weight decay on biases and normalisation parameters.
         warmup_epochs: linear warmup length, in epochs (fractions allowed); counted in optimizer steps.
         warmup_start_factor: lr at step 0 as a fraction of ``lr``.
-        min_lr: absolute lr at the end of the cosine.
+        min_lr: absolute lr at the end of the cosine (``released_get_lr``: get_lr's ``lr_min``).
+        zero_init_residual: zero the last BatchNorm scale of every residual block (torchvision's
+            option; the paper's released code sets it).
+        optimizer: ``sgd`` or ``lars`` (timm's LARS with solo-learn's rule, see ``ssl_norms.optim``);
+            ``lars_eta`` is its trust coefficient, ``lars_clip`` clips the trust ratio at ``lr``.
+        lr_schedule: ``warmup_cosine`` (absolute lr units) or ``released_get_lr`` (the paper code's
+            absolute-lr function used as LambdaLR's multiplier: ``lr**2`` at the peak).
+        schedule_unit: epochs of the schedule measured in optimizer steps (``optimizer_step``) or in
+            the training loader's micro-batches (``micro_batch``, the paper code: with accumulation k,
+            warmup and cosine last k times their epochs).
+        schedule_epochs: length of the cosine in epochs, independent of where training stops
+            (default: the trainer's ``max_epochs``); e.g. train 100 epochs of a 512-epoch schedule.
+        accumulation: ``mean`` (Lightning's average of the accumulated micro-batch gradients) or
+            ``sum`` (their sum, as the paper code: k times the mean gradient).
     """
 
     #: Views per training image the loss accepts: (fewest, most), most None for no limit.
@@ -91,6 +97,14 @@ class SSLMethod(L.LightningModule):
         warmup_epochs: float = 10.0,
         warmup_start_factor: float = 0.0,
         min_lr: float = 0.0,
+        zero_init_residual: bool = False,
+        optimizer: OptimizerName = "sgd",
+        lars_eta: float = 1e-3,
+        lars_clip: bool = False,
+        lr_schedule: LrSchedule = "warmup_cosine",
+        schedule_unit: ScheduleUnit = "optimizer_step",
+        schedule_epochs: float | None = None,
+        accumulation: Accumulation = "mean",
     ) -> None:
         super().__init__()
         for name, value in {"lr": lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "min_lr": min_lr}.items():
@@ -100,10 +114,19 @@ class SSLMethod(L.LightningModule):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if min_lr > lr:
             raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
+        for name, value, allowed in [("optimizer", optimizer, OPTIMIZERS), ("lr_schedule", lr_schedule, LR_SCHEDULES),
+                                     ("schedule_unit", schedule_unit, SCHEDULE_UNITS), ("accumulation", accumulation, ACCUMULATIONS)]:
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if schedule_epochs is not None and not (math.isfinite(schedule_epochs) and schedule_epochs > warmup_epochs):
+            raise ValueError(f"schedule_epochs must exceed warmup_epochs ({warmup_epochs}), got {schedule_epochs}")
+        if not lars_eta > 0:
+            raise ValueError(f"lars_eta must be > 0, got {lars_eta}")
         self.save_hyperparameters()  # also records the subclass's arguments
         _check_layer_dims(self.hparams)
         self.backbone, self.feature_dim = build_backbone(
-            backbone, cifar_stem=cifar_stem, width=backbone_width, input_dim=input_dim, hidden_dims=mlp_hidden_dims
+            backbone, cifar_stem=cifar_stem, width=backbone_width, input_dim=input_dim, hidden_dims=mlp_hidden_dims,
+            zero_init_residual=zero_init_residual,
         )
         # Functions applied to the loss's input right before the loss (ssl_norms.contract).
         self.loss_space_hooks: list[Callable[..., Tensor]] = []
@@ -184,13 +207,16 @@ class SSLMethod(L.LightningModule):
         for group in groups:
             decay = [p for p in group["params"] if not _is_bias_or_norm(p)]
             no_decay = [p for p in group["params"] if _is_bias_or_norm(p)]
-            split += [{**group, "params": decay}, {**group, "params": no_decay, "weight_decay": 0.0}]
+            split += [{**group, "params": decay}, {**group, "params": no_decay, "weight_decay": 0.0, "no_decay": True}]
         return [g for g in split if g["params"]]
 
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch (micro-batches / accumulation), so schedules count real updates."""
+    def steps_per_epoch(self, unit: str = "optimizer_step") -> int:
+        """Schedule steps per epoch: optimizer steps (micro-batches / accumulation), so schedules count
+        real updates; ``micro_batch``: the training loader's length, as the paper code counts."""
         trainer = self.trainer
         total = trainer.estimated_stepping_batches  # also loads the train dataloader
+        if unit == "micro_batch":
+            return max(1, len(trainer.train_dataloader))
         if trainer.max_epochs and trainer.max_epochs > 0 and trainer.num_training_batches != float("inf"):
             return max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
         return max(1, int(total))
@@ -200,19 +226,29 @@ class SSLMethod(L.LightningModule):
         groups = self._split_weight_decay(self.parameter_groups())
         for group in groups:
             group.setdefault("weight_decay", hp.weight_decay)
-        optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup_steps = int(round(hp.warmup_epochs * self.steps_per_epoch()))
+        optimizer = build_optimizer(
+            hp.optimizer, groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, lars_eta=hp.lars_eta, lars_clip=hp.lars_clip
+        )
+        per_epoch = self.steps_per_epoch(hp.schedule_unit)
+        epochs = hp.schedule_epochs if hp.schedule_epochs is not None else self.trainer.max_epochs
+        if hp.schedule_epochs is None and hp.schedule_unit == "optimizer_step":
+            total_steps = max(1, int(self.trainer.estimated_stepping_batches))  # also right when max_steps ends training
+        else:
+            total_steps = max(1, int(round(epochs * per_epoch)))
+        warmup_steps = int(round(hp.warmup_epochs * per_epoch))
         if warmup_steps > total_steps:
             rank_zero_warn(
-                f"warmup_epochs {hp.warmup_epochs:g} is longer than training ({warmup_steps} > {total_steps} optimizer steps): "
-                f"warmup never finishes and the lr never reaches {hp.lr:g}"
+                f"warmup_epochs {hp.warmup_epochs:g} is longer than training ({warmup_steps} > {total_steps} schedule steps): "
+                f"warmup never finishes and the lr never reaches its peak"
             )
-        floor = hp.min_lr / hp.lr if hp.lr > 0 else 0.0
-
-        def factor(step: int) -> float:
-            return warmup_cosine_factor(step, warmup_steps, total_steps, floor, hp.warmup_start_factor)
-
+        factor = lr_factor(
+            hp.lr_schedule, lr=hp.lr, min_lr=hp.min_lr, warmup_start=hp.warmup_start_factor, steps_per_epoch=per_epoch,
+            warmup_epochs=hp.warmup_epochs, total_steps=total_steps, schedule_epochs=epochs,
+        )
         lambdas = [factor if g.get("scheduled", True) else (lambda step: 1.0) for g in groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.hparams.accumulation == "sum":
+            scale_gradients(self.parameters(), self.trainer.accumulate_grad_batches)

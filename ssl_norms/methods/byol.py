@@ -31,7 +31,10 @@ class BYOL(EMATargetHooks, SSLMethod):
             2048-2048-2048 with BatchNorm after every layer, predictor 2048 -> 512 -> 2048).
         projector_batchnorm_last: BatchNorm after the projector's last layer (SimSiam's head);
             false gives BYOL's original plain-Linear output.
-        base_tau / final_tau: EMA coefficient at the first and last optimizer step.
+        base_tau / final_tau: EMA coefficient at the first and last optimizer step (equal values: a
+            constant tau, as the paper's released code, ``CLA/training/models.py:206-209``).
+        loss_scale: multiplies the loss; 0.25 gives the released code's ``-(cos1 + cos2) / 2``
+            (``CLA/utils/losses.py:48-60``).
         **kwargs: backbone and optimisation settings of :class:`SSLMethod`.
     """
 
@@ -42,9 +45,13 @@ class BYOL(EMATargetHooks, SSLMethod):
         projector_batchnorm_last: bool = True,
         base_tau: float = 0.99,
         final_tau: float = 1.0,
+        loss_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not loss_scale > 0:
+            raise ValueError(f"BYOL loss_scale must be > 0, got {loss_scale}")
+        self.loss_scale = loss_scale
         self.projector = mlp_head(
             [self.feature_dim, *projector_dims], batchnorm_last=projector_batchnorm_last, bias_last=not projector_batchnorm_last
         )
@@ -59,5 +66,5 @@ class BYOL(EMATargetHooks, SSLMethod):
         features = self.encode_views(views)
         p1, p2 = self.embed_views(features)
         zt1, zt2 = self.target(views)
-        loss = 2 * (negative_cosine(p1, zt2) + negative_cosine(p2, zt1))
+        loss = self.loss_scale * 2 * (negative_cosine(p1, zt2) + negative_cosine(p2, zt1))
         return SSLStep(loss, features, [p1, p2])

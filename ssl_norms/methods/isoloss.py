@@ -56,6 +56,11 @@ class IsoLoss(EMATargetHooks, SSLMethod):
         eps: added to the normalised eigenvalues; default 0 (IsoLoss, before the power) or 0.1
             (DirectPred, after the power).
         base_tau / final_tau: the EMA target's cosine schedule (ignored without ``ema_target``).
+        correlation_update: ``step`` (one update of C with both views, then one predictor) or
+            ``view`` (as the released code, implicit-var-reg ``solo/methods/directpred.py:144-201``: C is
+            updated with each view in turn and each view's p uses the C right after its own update).
+        correlation_in_validation: also update C with every batch of the main validation set (the
+            released code's validation runs the same forward, ``solo/methods/base.py:453-465``).
         **kwargs: backbone and optimisation settings of :class:`SSLMethod`.
     """
 
@@ -69,11 +74,16 @@ class IsoLoss(EMATargetHooks, SSLMethod):
         eps: float | None = None,
         base_tau: float = 0.99,
         final_tau: float = 1.0,
+        correlation_update: Literal["step", "view"] = "step",
+        correlation_in_validation: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if loss not in ("cosine", "euclidean", "directpred"):
             raise ValueError(f"IsoLoss loss must be 'cosine', 'euclidean' or 'directpred', got {loss!r}")
+        if correlation_update not in ("step", "view"):
+            raise ValueError(f"IsoLoss correlation_update must be 'step' or 'view', got {correlation_update!r}")
+        self.correlation_update, self.correlation_in_validation = correlation_update, correlation_in_validation
         self.correlation_tau = (0.998 if ema_target else 0.5) if correlation_tau is None else correlation_tau
         if not 0.0 <= self.correlation_tau < 1.0:
             raise ValueError(f"IsoLoss correlation_tau must be in [0, 1), got {self.correlation_tau}")
@@ -145,10 +155,21 @@ class IsoLoss(EMATargetHooks, SSLMethod):
     def ssl_step(self, views: list[Tensor]) -> SSLStep:
         features = self.encode_views(views)
         z1, z2 = apply_to_views(self.projector, features)
-        if self.training:
-            self.update_correlation(torch.cat([z1, z2]))
-        w_p, w_p_sqrt = self.closed_form_predictor()
+        if self.correlation_update == "view":
+            predictors = [self._updated_predictor(z) for z in (z1, z2)]
+        else:
+            predictors = [self._updated_predictor(torch.cat([z1, z2]))] * 2
         zt1, zt2 = self._targets(views, [z1, z2])
-        loss12, p1 = self.pair_loss(z1, zt2, w_p, w_p_sqrt)
-        loss21, p2 = self.pair_loss(z2, zt1, w_p, w_p_sqrt)
+        loss12, p1 = self.pair_loss(z1, zt2, *predictors[0])
+        loss21, p2 = self.pair_loss(z2, zt1, *predictors[1])
         return SSLStep(loss12 + loss21, features, [p1, p2])
+
+    def _updated_predictor(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training:
+            self.update_correlation(z)
+        return self.closed_form_predictor()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        if self.correlation_in_validation and dataloader_idx == 0:
+            self.update_correlation(self.projector(self.backbone(batch["image"])))
+        return super().validation_step(batch, batch_idx, dataloader_idx)

@@ -17,16 +17,20 @@ _TORCHVISION_RESNETS = {
 }
 
 
-def resnet_backbone(name: str, cifar_stem: bool = False, width: int = 64) -> tuple[nn.Module, int]:
+def resnet_backbone(name: str, cifar_stem: bool = False, width: int = 64, zero_init_residual: bool = False) -> tuple[nn.Module, int]:
     """torchvision ResNet without its classifier.
 
     ``width`` is the channel count of the first stage (64 in the standard network); narrower
     widths keep the architecture but make CPU-scale studies possible. ``cifar_stem`` swaps the
     7x7/stride-2 conv and max-pool for a 3x3/stride-1 conv, the usual choice for 32 px images.
+    ``zero_init_residual``: torchvision's option, each residual block's last BatchNorm scale starts at 0.
     """
     block, layers = _TORCHVISION_RESNETS[name]
     # torchvision's ResNet hard-codes 64 channels in its stem and stages; other widths rebuild them.
-    net = resnet.ResNet(block, layers) if width == 64 else _narrow_resnet(block, layers, width)
+    if width == 64:
+        net = resnet.ResNet(block, layers, zero_init_residual=zero_init_residual)
+    else:
+        net = _narrow_resnet(block, layers, width, zero_init_residual)
     if cifar_stem:
         net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
@@ -35,7 +39,7 @@ def resnet_backbone(name: str, cifar_stem: bool = False, width: int = 64) -> tup
     return net, feature_dim
 
 
-def _narrow_resnet(block: type, layers: list[int], width: int) -> resnet.ResNet:
+def _narrow_resnet(block: type, layers: list[int], width: int, zero_init_residual: bool = False) -> resnet.ResNet:
     net = resnet.ResNet(block, layers)
     net.inplanes = width
     net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -48,6 +52,8 @@ def _narrow_resnet(block: type, layers: list[int], width: int) -> resnet.ResNet:
     for m in net.modules():  # the same initialisation torchvision applies
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif zero_init_residual and isinstance(m, (resnet.BasicBlock, resnet.Bottleneck)):
+            nn.init.zeros_(m.bn2.weight if isinstance(m, resnet.BasicBlock) else m.bn3.weight)
     return net
 
 
@@ -79,12 +85,15 @@ def build_backbone(
     width: int = 64,
     input_dim: int | None = None,
     hidden_dims: list[int] | None = None,
+    zero_init_residual: bool = False,
 ) -> tuple[nn.Module, int]:
     """Backbone by name. ``mlp`` needs ``input_dim``; names that are not ResNets go to timm."""
     if name in _TORCHVISION_RESNETS:
         if width < 1:
             raise ValueError(f"backbone width must be >= 1, got {width}")
-        return resnet_backbone(name, cifar_stem=cifar_stem, width=width)
+        return resnet_backbone(name, cifar_stem=cifar_stem, width=width, zero_init_residual=zero_init_residual)
+    if zero_init_residual:
+        raise ValueError(f"zero_init_residual applies to the ResNet backbones only, not {name!r}")
     if name == "mlp":
         if input_dim is None or input_dim < 1:
             raise ValueError(f"the 'mlp' backbone needs input_dim >= 1 (the data's vector length), got {input_dim}")

@@ -12,7 +12,6 @@ W&B run under ``<out>/wandb`` (offline without credentials or with WANDB_MODE=of
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any
 

@@ -50,6 +50,31 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
     return -(pos_log_prob[has] / num_pos[has]).mean()
 
 
+def random_pair_nce(z: Tensor, labels: Tensor, temperature: float, generator: torch.Generator | None = None) -> Tensor:
+    """The supervised InfoNCE of the paper's released simulation notebook (SSLEmbeddingNorms
+    ``Simulations.ipynb``, ``attract_pairs_infonce_loss``): every anchor draws one random other
+    member of its class, the pairs are made symmetric, and
+    L_i = -log( sum_{p in P(i)} exp(s_ip / T) / sum_{a != i} exp(s_ia / T) + 1e-8 ) over the anchors
+    that got a pair, s = cosine similarity (unlike :func:`supcon_loss`, the positives are summed
+    inside the log and only the drawn pairs attract)."""
+    zn = F.normalize(z, dim=-1)
+    n = len(z)
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    same = (labels[:, None] == labels[None, :]) & ~self_mask
+    # one uniformly random same-class partner per anchor
+    partner = torch.rand(n, n, generator=generator).to(z.device).masked_fill(~same, -1.0).argmax(1)
+    has_partner = same.any(1)
+    pairs = torch.zeros_like(same)
+    pairs[has_partner.nonzero().flatten(), partner[has_partner]] = True
+    pairs |= pairs.T.clone()
+    similarity = (zn @ zn.T / temperature).exp().masked_fill(self_mask, 0.0)
+    loss = -torch.log(similarity.masked_fill(~pairs, 0.0).sum(1) / similarity.sum(1) + 1e-8)
+    return loss[pairs.any(1)].mean()
+
+
+POSITIVES = ("all", "random_pair")  # train_supcon's losses: supcon_loss, random_pair_nce
+
+
 def make_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
@@ -75,10 +100,14 @@ def train_supcon(
     optimizer: str,
     seed: int,
     momentum: float = 0.9,
+    positives: str = "all",
+    drop_last: bool = True,
     callback: Callable[[int, nn.Module], None] | None = None,
     callback_every: int = 0,
 ) -> tuple[nn.Module, list[float]]:
-    """Train ``make_mlp`` with :func:`supcon_loss`; returns the model and per-step losses.
+    """Train ``make_mlp`` with :func:`supcon_loss` (``positives="all"``) or :func:`random_pair_nce`
+    (``"random_pair"``); returns the model and per-step losses. ``drop_last=False`` also trains on
+    the ragged last batch of every epoch (the released notebook's DataLoader).
 
     ``callback(step, model)`` is called at step 0 (before training), every ``callback_every``
     steps and after the last step. Must be called inside a seeded context.
@@ -90,6 +119,8 @@ def train_supcon(
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     else:
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if positives not in POSITIVES:
+        raise ValueError(f"positives must be one of {', '.join(POSITIVES)}, got {positives!r}")
     g = torch.Generator().manual_seed(seed + 1)
     losses: list[float] = []
     step = 0
@@ -98,9 +129,12 @@ def train_supcon(
     n = len(x)
     for _ in range(epochs):
         perm = torch.randperm(n, generator=g)
-        for start in range(0, n - batch_size + 1, batch_size):  # drop the ragged last batch
+        for start in range(0, n - batch_size + 1 if drop_last else n, batch_size):
             idx = perm[start : start + batch_size]
-            loss = supcon_loss(model(x[idx]), labels[idx], temperature)
+            if positives == "all":
+                loss = supcon_loss(model(x[idx]), labels[idx], temperature)
+            else:
+                loss = random_pair_nce(model(x[idx]), labels[idx], temperature, g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -137,14 +171,18 @@ def knn_cosine_distance(z: Tensor, k: int, chunk: int = 2048) -> Tensor:
 def _train(x: Tensor, labels: Tensor, params: dict, **kwargs) -> tuple[nn.Module, list[float]]:
     """:func:`train_supcon` with the training settings of a simulation's ``params`` (its keyword
     arguments); the embeddings live in R^latent_dim."""
-    keys = ("hidden", "epochs", "batch_size", "lr", "temperature", "optimizer", "momentum", "seed")
+    keys = ("hidden", "epochs", "batch_size", "lr", "temperature", "optimizer", "momentum", "seed", "positives", "drop_last")
     return train_supcon(x, labels, out_dim=params["latent_dim"], **{k: params[k] for k in keys}, **kwargs)
 
 
-def _world_and_data(num_classes, latent_dim, ambient_dim, sigma, samples, class_weights, seed):
+def _world_and_data(num_classes, latent_dim, ambient_dim, sigma, samples, class_weights, seed, mapping_std=0.0):
+    """``mapping_std`` > 0 rescales the generator's N(0, 1/latent_dim) map to N(0, mapping_std^2)
+    entries (the released notebook's ``torch.randn(data_dim, dim) * 10`` is ``mapping_std=10``)."""
     world = LatentClasses.create(num_classes, latent_dim, ambient_dim, sigma, seed=seed)
     counts = class_counts(samples, class_weights, num_classes)
     x, labels, latents = sample_dataset(world, counts, seed=seed + 1)
+    if mapping_std > 0:
+        x = x * (mapping_std * latent_dim**0.5)
     return world, counts, x, labels, latents
 
 
@@ -169,12 +207,18 @@ def fig2b(
     momentum: float = 0.9,
     k: int = 10,
     seed: int = 0,
+    positives: str = "all",
+    drop_last: bool = True,
+    mapping_std: float = 0.0,
 ) -> SimulationOutput:
     """Fig 2b: embedding norm vs distance to the 10th nearest neighbour (supervised-InfoNCE MLP).
 
     The k-NN distance (``k``) is the cosine distance 1 - cos to the k-th nearest *other* embedding
     of the same trained model on its training data (a density proxy: small = dense region). As a
     model-free check the same quantity is also computed on the latent points themselves.
+
+    ``positives``, ``drop_last``, ``mapping_std`` (see :func:`train_supcon`, :func:`_world_and_data`)
+    switch to the released notebook's loss, batching and input scale (FIDELITY.md has the full command).
 
     Finding (seeds 0-5, Adam 1e-3 or SGD 0.1-1.0, T 0.1-0.5): the within-class Spearman
     correlation between norm and k-NN distance is negative in every run (about -0.2 to -0.6);
@@ -185,7 +229,7 @@ def fig2b(
     t0 = time.perf_counter()
     with _seeded(seed), one_cpu_thread():
         world, counts, x, labels, latents = _world_and_data(
-            num_classes, latent_dim, ambient_dim, sigma, num_classes * samples_per_class, None, seed
+            num_classes, latent_dim, ambient_dim, sigma, num_classes * samples_per_class, None, seed, mapping_std
         )
         model, losses = _train(x, labels, params)
         with torch.no_grad():
@@ -286,6 +330,9 @@ def fig2c(
     momentum: float = 0.9,
     track_every: int = 5,
     seed: int = 0,
+    positives: str = "all",
+    drop_last: bool = True,
+    mapping_std: float = 0.0,
 ) -> SimulationOutput:
     """Fig 2c: mean norm per class over training, class probabilities 1/2, 1/4, 1/8, 1/16.
 
@@ -293,6 +340,9 @@ def fig2c(
     ``num_samples`` points split accordingly (:func:`ssl_norms.data.synthetic.class_counts`). Every
     ``track_every`` optimisation steps the whole dataset is embedded and the mean norm per class
     recorded.
+
+    ``positives``, ``drop_last``, ``mapping_std``: the released notebook's loss, batching and input
+    scale (see :func:`fig2b`).
 
     Defaults use SGD with momentum: with Adam (1e-3 to 1e-2) the final per-class norms show no
     consistent frequency ordering. With the defaults, over seeds 0-19 the most frequent class
@@ -308,7 +358,7 @@ def fig2c(
     track: list[dict] = []
     with _seeded(seed), one_cpu_thread():
         _, counts, x, labels, _ = _world_and_data(
-            num_classes, latent_dim, ambient_dim, sigma, num_samples, weights, seed
+            num_classes, latent_dim, ambient_dim, sigma, num_samples, weights, seed, mapping_std
         )
 
         def record(step: int, model: nn.Module) -> None:
