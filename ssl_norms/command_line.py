@@ -3,7 +3,7 @@
 * parameters before ``*`` are positional words, keyword-only parameters are ``--options``; the
   annotation is the type (checked by jsonargparse), the default the default and the docstring's
   ``Args:`` entry the help;
-* a ``bool`` is a flag (``--dry_run`` / ``--no_dry_run``); a list takes several words, a list of
+* a ``bool`` is a flag (``--dry_run``, ``--dry_run false``, ``--no_dry_run``); a list takes several words, a list of
   numbers also comma-separated ones (``--norms 0.5 1`` = ``--norms 0.5,1``); ``-`` and ``_`` are
   interchangeable in option names;
 * two parameters are not options: ``fit_args`` receives the words after ``--`` (arguments for
@@ -140,7 +140,7 @@ def _add(parser: ArgumentParser, param: inspect.Parameter, hint: Any, help: str 
     inner = _without_none(hint)
     element = _list_element(inner)
     if inner is bool:
-        parser.add_argument(flag, action=ActionYesNo, **option)
+        parser.add_argument(flag, action=ActionYesNo, nargs="?", **option)  # --x, --x false, --no_x
     elif element in (int, float):
         parser.add_argument(flag, action=_NumberList, element=element, **option)
     elif element is not None:

@@ -238,7 +238,8 @@ class SSLMethod(L.LightningModule):
         warmup_steps = int(round(hp.warmup_epochs * per_epoch))
         if warmup_steps > total_steps:
             rank_zero_warn(
-                f"warmup_epochs {hp.warmup_epochs:g} is longer than training ({warmup_steps} > {total_steps} schedule steps): "
+                f"warmup_epochs {hp.warmup_epochs:g} is longer than training ({warmup_steps} > {total_steps} "
+                f"{'optimizer steps' if hp.schedule_unit == 'optimizer_step' else 'micro-batches'}): "
                 f"warmup never finishes and the lr never reaches its peak"
             )
         factor = lr_factor(
