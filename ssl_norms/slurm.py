@@ -10,7 +10,7 @@ built by :func:`task_argv`, the same code the dry-run prints from:
 * ``array.sbatch``: one point of a sweep file (see :mod:`ssl_norms.sweep`) per array index.
 
 Preemption: ``#SBATCH --signal=SIGUSR1@90`` makes SLURM signal the job 90 s before its time limit;
-Lightning's ``SLURMEnvironment(auto_requeue=True)`` (``configs/ddp/slurm.yaml``, added to every
+Lightning's ``SLURMEnvironment(auto_requeue=True)`` (``slurm/slurm.yaml``, added to every
 task's fit) then saves ``hpc_ckpt_<n>.ckpt`` in the run dir and requeues the job. The requeued job
 has the same job id (and array task id), hence the same run dir, the same W&B run id, and ``fit``
 resumes from the newest checkpoint because ``SLURM_RESTART_COUNT`` > 0 (see :mod:`ssl_norms.cli`).
@@ -37,10 +37,10 @@ from pathlib import Path
 from ssl_norms.command_line import Subcommands
 from ssl_norms.sweep import sweep_points
 
-# The templates and the SLURM trainer config live in the checkout beside the configs they submit.
-REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = REPO / "slurm"
-SLURM_CONFIG = REPO / "configs" / "ddp" / "slurm.yaml"
+# slurm/ holds the templates and the SLURM trainer config; a wheel ships it as ssl_norms/sbatch (pyproject.toml).
+_PACKAGED = Path(__file__).with_name("sbatch")
+TEMPLATES = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[1] / "slurm"
+SLURM_CONFIG = TEMPLATES / "slurm.yaml"
 TASK_COMMAND = ["python", "-m", "ssl_norms.cli", "slurm", "task"]
 
 

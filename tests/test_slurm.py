@@ -7,9 +7,12 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -152,5 +155,47 @@ def test_requeued_job_resumes_its_run_with_the_same_wandb_id_and_no_second_cut(t
 
 @pytest.mark.timeout(300)
 def test_the_templates_live_in_the_top_level_slurm_folder():
-    assert slurm.TEMPLATES == REPO / "slurm" and slurm.SLURM_CONFIG == REPO / "configs" / "ddp" / "slurm.yaml"
+    assert slurm.TEMPLATES == REPO / "slurm" and slurm.SLURM_CONFIG == REPO / "slurm" / "slurm.yaml"
     assert sorted(p.name for p in slurm.TEMPLATES.glob("*.sbatch")) == sorted(TEMPLATES)
+
+
+def test_the_wheel_lists_every_subpackage():
+    """pyproject.toml lists the packages by hand (slurm/ is mapped into the wheel): none may be missing."""
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = [".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "ssl_norms").rglob("__init__.py")]
+    assert sorted(listed) == sorted([*found, "ssl_norms.sbatch"])
+
+
+def test_a_non_editable_install_submits_with_its_own_templates(tmp_path):
+    """`ssl-norms slurm` from a built wheel, outside the repository: every file the printed commands
+    name (the sbatch template, the SLURM config every task adds) comes from the installed package."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "ssl_norms", source / "ssl_norms", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "slurm", source / "slurm")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=240)
+    assert built.returncode == 0, built.stderr[-2000:]
+    site = tmp_path / "site"
+    (wheel,) = (tmp_path / "dist").glob("ssl_norms-*.whl")
+    zipfile.ZipFile(wheel).extractall(site)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    (work / "base.yaml").write_text("seed_everything: 0\n")
+    (work / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "config": "base.yaml", "grid": {"model.init_args.lr": [0.1, 0.2]}}))
+    # the command layer directly (the LightningCLI entry point adds only import time here)
+    script = ("from ssl_norms.commands import run_command\n"
+              "run_command('slurm', ['array', 'sweep.yaml', '--dry-run'], run_cli=None)\n"
+              "run_command('slurm', ['fit', '--dry-run', '--', '--config', 'base.yaml'], run_cli=None)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=work,
+                            env={**os.environ, "PYTHONPATH": str(site)}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("# sbatch --array=0-1 ") and lines[-1].startswith("ssl-norms fit --config base.yaml")
+    words = [w for line in lines for w in shlex.split(line.lstrip("#[0123456789] "))]
+    named = [Path(w) for w in words if w.endswith((".sbatch", "slurm.yaml"))]
+    assert len(named) == 2 + 2 + 1  # two templates (array, single node), the SLURM config of each point and of the fit
+    for path in named:
+        assert path.is_file() and path.resolve().is_relative_to(site), path
+    assert (site / "ssl_norms" / "sbatch" / "multi_node.sbatch").is_file()
