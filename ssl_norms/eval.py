@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -10,6 +12,22 @@ from torch import Tensor
 def _check_vote(k: int, temperature: float) -> None:
     if k < 1 or temperature <= 0:
         raise ValueError(f"k-NN needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+
+
+def single_class_note(bank_labels: Tensor, labels: Tensor) -> str | None:
+    """Why a k-NN accuracy of these labels says nothing about the embedding, or None when it does:
+    a bank of one class predicts that class everywhere (accuracy trivially 1.0 on that class), and
+    evaluated samples of one class measure only that class's recall."""
+    bank, evaluated = bank_labels.unique(), labels.unique()
+    if len(bank) == 1:
+        share = float((labels == bank[0]).float().mean()) if len(labels) else 1.0
+        return (f"the k-NN bank holds a single class ({int(bank[0])}): every prediction is that class, so the k-NN "
+                f"accuracy is trivially {round(share, 4)} (the share of that class among the evaluated samples) and says "
+                "nothing about the embedding")
+    if len(evaluated) == 1:
+        return (f"the samples the k-NN evaluates hold a single class ({int(evaluated[0])}): the k-NN accuracy is "
+                "that class's recall, not an accuracy over classes")
+    return None
 
 
 def _vote(sim: Tensor, bank_labels: Tensor, num_classes: int, k: int, temperature: float) -> Tensor:
@@ -70,6 +88,9 @@ def knn_predict_leave_one_out(
     if len(feats) < 2:
         raise ValueError("leave-one-out k-NN needs at least 2 points")
     _check_vote(k, temperature)
+    note = single_class_note(labels, labels)
+    if note:
+        warnings.warn(note, stacklevel=2)
     k = min(k, len(feats) - 1 if exclude_self else len(feats))
     bank = F.normalize(feats.float(), dim=1)
     labels = labels.to(bank.device).long()

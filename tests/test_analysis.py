@@ -5,10 +5,13 @@ when ``$SSL_NORMS_DATA`` is set, on the real CIFAR-10 copy)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
 import pickle
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -405,6 +408,52 @@ def test_analyze_all_on_a_checkpoint_writes_every_figure(generated_run, tmp_path
     assert highest == sorted(highest, reverse=True) and lowest == sorted(lowest) and min(highest) >= max(lowest) - 1e-6
 
 
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_analyze_writes_each_call_into_a_new_folder_and_never_touches_the_run(generated_run, capsys):
+    root, run_dir, _ = generated_run
+    before = _hashes(run_dir)
+    folders_before = {p.name for p in run_dir.iterdir()}
+    for ckpt in (run_dir / "checkpoints" / "last.ckpt", run_dir):  # a checkpoint, then the run directory itself
+        main(["analyze", "knn_by_norm", "--ckpt", str(ckpt), "--data", str(root), "--min_count", "10", "--no-wandb"])
+    after = _hashes(run_dir)
+    assert {name: after[name] for name in before} == before  # every file of the run byte-identical
+    new = sorted({p.name for p in run_dir.iterdir()} - folders_before)
+    assert len(new) == 2 and all(re.fullmatch(r"analyze-\d{8}-\d{6}(-\d+)?", name) for name in new), new
+    for name in new:
+        assert sorted(p.name for p in (run_dir / name).iterdir()) == [f"knn_by_norm{x}" for x in (".csv", ".json", ".png", "_samples.npz")]
+    printed = capsys.readouterr()
+    assert f"analyzing {run_dir / 'checkpoints' / 'last.ckpt'} (global step 6)" in printed.err
+    assert str(run_dir / new[1] / "knn_by_norm.png") in printed.out
+
+
+def test_analyze_ckpt_run_dir_takes_its_newest_checkpoint_by_step(generated_run, tmp_path, capsys):
+    root, run_dir, _ = generated_run
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    later = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    later["global_step"] = 60
+    torch.save(later, run / "checkpoints" / "epoch=9.ckpt")  # sorts before last.ckpt, holds the higher step
+    for ckpt in (run, run / "checkpoints"):
+        main(["analyze", "knn_by_norm", "--ckpt", str(ckpt), "--data", str(root), "--min_count", "10", "--no-wandb"])
+        assert f"analyzing {run / 'checkpoints' / 'epoch=9.ckpt'} (global step 60)" in capsys.readouterr().err
+
+
+def test_analyze_refuses_a_folder_without_checkpoints_and_an_out_inside_the_run_files(generated_run, tmp_path, capsys):
+    root, run_dir, _ = generated_run
+    (tmp_path / "empty").mkdir()
+    for args, expected in [
+        (["--ckpt", str(tmp_path / "empty")], f"no readable checkpoint in {tmp_path / 'empty'} (looked for checkpoints/*.ckpt and hpc_ckpt_*.ckpt)"),
+        (["--ckpt", str(run_dir), "--out", str(run_dir)], f"--out {run_dir} is a run directory: analyses never write among a run's files"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["analyze", "knn_by_norm", *args, "--data", str(root)])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and expected in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.glob("empty/*")) and not list(run_dir.glob("analyze-*/*.skipped.txt"))
+
+
 @pytest.mark.timeout(180)
 def test_analysis_figures_go_to_an_offline_wandb_run_without_hanging(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -414,7 +463,7 @@ def test_analysis_figures_go_to_an_offline_wandb_run_without_hanging(tmp_path, m
     main(["analyze", "curves", "--runs", str(run)])
     offline = list((run / "wandb").glob("offline-run-*abc123def456"))
     assert offline and list(offline[0].glob("*.wandb"))
-    assert (run / "analysis" / "curves.png").exists()
+    assert [p.parent.name.startswith("analyze-") for p in run.glob("*/curves.png")] == [True]
 
 
 @pytest.mark.timeout(180)
@@ -429,7 +478,7 @@ def test_analysis_figures_go_into_an_active_wandb_run_and_leave_it_open(tmp_path
         main(["analyze", "curves", "--runs", str(run), "--wandb"])
         assert wandb.run is active  # a run someone else started stays open
         images = list(Path(active.dir).glob("media/images/analysis/curves/curves_*.png"))
-        assert images and images[0].read_bytes() == (run / "analysis" / "curves.png").read_bytes()
+        assert images and images[0].read_bytes() == next(run.glob("analyze-*/curves.png")).read_bytes()
         assert not (run / "wandb").exists()  # no second run
     finally:
         active.finish()

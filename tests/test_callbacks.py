@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import pytest
 import torch
@@ -47,7 +49,10 @@ def test_online_knn_equals_offline_knn_on_bank_and_val():
     model = _tiny_model()
     knn = OnlineKNN(k=10, temperature=0.1)
     trainer = _tiny_trainer([knn], max_epochs=1)
-    trainer.fit(model, data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, data)
+    assert not [w for w in caught if "single class" in str(w.message)]
     online = trainer.callback_metrics["knn/top1"].item()
     model.eval()
     with torch.no_grad():
@@ -56,6 +61,19 @@ def test_online_knn_equals_offline_knn_on_bank_and_val():
     offline = (knn_predict(bank, data.bank_set.labels, val, 4, k=10) == data.val_set.labels).float().mean().item()
     assert online == pytest.approx(offline, abs=1e-6)
     assert online > 0.5  # 4 classes
+
+
+def test_online_knn_warns_once_when_a_single_class_makes_it_trivial():
+    data = SyntheticLatentClasses(num_classes=1, train_samples=128, val_samples=64, batch_size=64)
+    trainer = _tiny_trainer([OnlineKNN(k=10)], max_epochs=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # a repeated warning must come from the callback, not be hidden by the filter
+        trainer.fit(_tiny_model(), data)
+    notes = [str(w.message) for w in caught if "single class" in str(w.message)]
+    assert notes == ["OnlineKNN (knn/top1): the k-NN bank holds a single class (0): every prediction is that class, so the "
+                     "k-NN accuracy is trivially 1.0 (the share of that class among the evaluated samples) and says nothing "
+                     "about the embedding"]
+    assert trainer.callback_metrics["knn/top1"].item() == 1.0
 
 
 def test_bank_is_never_augmented():

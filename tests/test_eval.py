@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 
-from ssl_norms.eval import knn_predict
+from ssl_norms.eval import knn_predict, knn_predict_leave_one_out, single_class_note
 
 
 def brute_force_knn(train, train_labels, test, num_classes, k, temperature):
@@ -59,3 +60,18 @@ def test_chunking_does_not_change_results_and_bad_input_raises():
         knn_predict(train, labels, torch.randn(4, 7), 3)
     with pytest.raises(ValueError, match="temperature"):
         knn_predict(train, labels, test, 3, temperature=0)
+
+
+def test_single_class_labels_are_named_as_making_the_k_nn_accuracy_meaningless():
+    one, two = torch.zeros(6, dtype=torch.long), torch.tensor([0, 1, 0, 1, 0, 1])
+    assert "bank holds a single class (0)" in single_class_note(one, one) and "trivially 1.0 " in single_class_note(one, one)
+    assert "trivially 0.5 " in single_class_note(one, two)
+    assert "evaluates hold a single class (1)" in single_class_note(two, torch.ones(3, dtype=torch.long))
+    assert "recall" in single_class_note(two, torch.ones(3, dtype=torch.long))
+    assert single_class_note(two, two) is None
+    feats = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match=r"single class \(0\).*trivially 1.0 "):
+        assert (knn_predict_leave_one_out(feats, one, 2, k=3) == one).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        knn_predict_leave_one_out(feats, two, 2, k=3)

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from jsonargparse import ArgumentParser
 
+from ssl_norms.methods import SimCLR
 from ssl_norms.models import build_backbone, mlp_head
 
 
@@ -35,6 +37,40 @@ def test_timm_backbone_and_unknown_name():
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, dim)
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("no_such_net_xyz")
+
+
+def test_a_vit_built_for_224_px_refuses_32_px_images_in_one_line_naming_img_size():
+    net, _ = build_backbone("vit_tiny_patch16_224")
+    message = ("backbone vit_tiny_patch16_224 takes 224x224 images, got 32x32: build it for this size with "
+               "--model.init_args.backbone_kwargs '{img_size: 32, patch_size: 4}'")
+    with pytest.raises(ValueError) as refused:
+        net(torch.zeros(1, 3, 32, 32))
+    assert str(refused.value) == message
+    with pytest.raises(ValueError, match=r"got 48x32: .*'\{img_size: \[48, 32\], patch_size: 4\}'"):
+        net(torch.zeros(1, 3, 48, 32))
+    net, _ = build_backbone("vit_tiny_patch16_224", backbone_kwargs={"img_size": 128})
+    with pytest.raises(ValueError, match=r"takes 128x128 images, got 160x160: .*'\{img_size: 160\}'$"):  # 10 patches a side: no patch hint
+        net(torch.zeros(1, 3, 160, 160))
+
+
+def test_backbone_kwargs_build_a_vit_for_32_px_images():
+    net, dim = build_backbone("vit_tiny_patch16_224", backbone_kwargs={"img_size": 32, "patch_size": 4})
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, dim) and dim == 192
+    assert net.pos_embed.shape == (1, 1 + (32 // 4) ** 2, 192)  # class token + an 8x8 grid of patches
+    model = SimCLR(backbone="vit_tiny_patch16_224", backbone_kwargs={"img_size": 32, "patch_size": 4}, projector_dims=[16], warmup_epochs=0)
+    assert model.hparams.backbone_kwargs == {"img_size": 32, "patch_size": 4}
+    assert model.embed(torch.randn(2, 3, 32, 32))[1].shape == (2, 16)
+    parser = ArgumentParser()
+    parser.add_class_arguments(SimCLR, "model")
+    assert parser.parse_args(["--model.backbone_kwargs", "{img_size: 32, patch_size: 4}"]).model.backbone_kwargs == {"img_size": 32, "patch_size": 4}
+
+
+def test_backbone_kwargs_go_to_timm_models_only():
+    for name in ("resnet18", "mlp"):
+        with pytest.raises(ValueError, match=f"backbone_kwargs go to timm models; the '{name}' backbone takes none"):
+            build_backbone(name, input_dim=4, backbone_kwargs={"img_size": 32})
+    with pytest.raises(ValueError, match="backbone resnet10t does not take backbone_kwargs .*'img_size'"):
+        build_backbone("resnet10t", backbone_kwargs={"img_size": 32})
 
 
 def test_mlp_head_shapes_and_batchnorm_last():

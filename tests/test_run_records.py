@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from conftest import TINY_DEMO, read_metrics_csv
 from ssl_norms import runs
 from ssl_norms.cli import main, run_lightning_cli
+from ssl_norms.loggers import read_complete_rows
 from ssl_norms.runs import AtomicCheckpointIO, CheckpointSaveError, RunError, acquire_lock, newest_checkpoint
 
 STEPS_PER_EPOCH = 8  # TINY_DEMO: 512 samples / batch 64; two epochs -> global step 16
@@ -440,8 +441,51 @@ def test_a_cut_off_metrics_row_does_not_survive_a_resume(run):
     assert steps == sorted(set(steps)) and steps[-1] == 3 * STEPS_PER_EPOCH - 1
 
 
-def test_a_garbage_metrics_file_is_named_before_training(run, capsys):
-    (run / "metrics.csv").write_text("\x00\x01garbage\n1,2\n")
+GARBAGE_METRICS = {
+    "control bytes": (b"\x00\x01garbage\n1,2\n", "no 'step' column in its header '\\x00\\x01garbage'"),
+    "binary, no line end": (bytes(range(128, 256)) * 2, "no complete line in its 256 bytes"),
+    "not UTF-8": (b"step,loss\n1,\xff\xfe\n", "not UTF-8 text: byte 12 is b'\\xff'"),
+    "no step column": (b"epoch,loss\n0,1.5\n", "no 'step' column in its header 'epoch,loss'"),
+    "a row of another width": (b"epoch,step,loss\n0,1,2.5\n0,2,2.4,9\n", "line 3 has 4 fields, its header 3"),
+    "text in a cell": (b"epoch,step,loss\n0,1,low\n", "line 2 holds 'low' in column 'loss', not a number"),
+    "an infinite step": (b"epoch,step,loss\n0,inf,2.5\n", "line 2 holds 'inf' in column 'step', not a number"),
+}
+
+
+@pytest.mark.parametrize("kind", GARBAGE_METRICS)
+def test_a_metrics_file_that_cannot_be_continued_is_refused_untouched(tmp_path, kind):
+    content, problem = GARBAGE_METRICS[kind]
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(content)
+    with pytest.raises(RunError) as refused:
+        read_complete_rows(path)
+    assert str(refused.value) == (f"{path} is not a metrics log this run can continue ({problem}); it is left as it is: "
+                                  "move it away (or repair it) to resume the run")
+    assert path.read_bytes() == content
+
+
+def test_readable_metrics_files_keep_their_complete_rows(tmp_path):
+    path = tmp_path / "metrics.csv"
+    for content, rows in [(b"", []), (b"epoch,step,loss\n", []), (b"epoch,step,loss\n0,1,nan\n0,2,", [{"epoch": "0", "step": "1", "loss": "nan"}]),
+                          (b"epoch,step,loss\n,,2.5\n", [{"epoch": "", "step": "", "loss": "2.5"}])]:
+        path.write_bytes(content)
+        assert read_complete_rows(path) == rows, content
+
+
+@pytest.mark.parametrize("kind", ["control bytes", "binary, no line end", "a row of another width"])
+def test_a_garbage_metrics_file_is_named_before_training(run, capsys, kind):
+    content, problem = GARBAGE_METRICS[kind]
+    (run / "metrics.csv").write_bytes(content)
+    before = file_hashes(run)
     code, line = cli_error(["fit", *TINY_DEMO, "--trainer.max_epochs", "3", "--run_dir", str(run), "--ckpt_path", "last"], capsys)
-    assert code == 2 and f"{run / 'metrics.csv'} is not a metrics log" in line
+    assert code == 2 and f"{run / 'metrics.csv'} is not a metrics log this run can continue ({problem})" in line
     assert global_step(run / "checkpoints" / "last.ckpt") == 2 * STEPS_PER_EPOCH
+    assert (run / "metrics.csv").read_bytes() == content and file_hashes(run)["metrics.csv"] == before["metrics.csv"]
+
+
+def test_an_empty_metrics_file_gets_a_header_when_the_run_resumes(run):
+    (run / "metrics.csv").write_bytes(b"")  # e.g. emptied by hand; rows appended to it would have no header
+    main(["fit", *TINY_DEMO, "--trainer.max_epochs", "3", "--run_dir", str(run), "--ckpt_path", "last"])
+    rows = read_complete_rows(run / "metrics.csv")
+    assert rows and all(row["step"] for row in rows)
+    assert max(int(row["step"]) for row in rows if row.get("train/loss")) == 3 * STEPS_PER_EPOCH - 1

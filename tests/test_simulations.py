@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
+import typing
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from scipy.stats import spearmanr
 from ssl_norms.simulations import SIMULATIONS, run_simulation, simulation_params
 from ssl_norms.simulations.aparametric import cos_change, cosine_grad, exact_cos_change, fig2a, thm34_bound
 from ssl_norms.simulations.parametric import fig2b, fig2c, knn_cosine_distance, supcon_loss
+from ssl_norms.simulations.settings import Range, declared_settings
 from ssl_norms.simulations.theory import theory_checks
 
 # ------------------------------------------------------------------------------------------
@@ -221,9 +225,63 @@ def test_run_simulation_rejects_unknown_names_and_overrides(tmp_path):
         run_simulation("fig9", tmp_path)
     with pytest.raises(ValueError, match="unknown setting"):
         run_simulation("fig2a", tmp_path, nonsense=1)
-    with pytest.raises(ValueError, match="norms must be positive"):
+    with pytest.raises(ValueError, match=r"--norms \(each value\) must be a finite number > 0, got -1.0"):
         run_simulation("fig2a", tmp_path, norms=[-1.0])
     assert not any(tmp_path.iterdir())
+
+
+def _outside(declared) -> list:
+    """Values just outside a declared range, non-finite numbers and a float for an integer."""
+    r = declared.range
+    values = [r.low - 1 if not r.open_low else r.low]
+    if r.high != math.inf:
+        values.append(r.high + 1 if not r.open_high else r.high)
+    values += [math.nan, math.inf, 2.5] if declared.number is int else [math.nan, math.inf, -math.inf]
+    return values
+
+
+@pytest.mark.parametrize("name", list(SIMULATIONS))
+def test_every_numeric_setting_declares_a_range_that_is_checked_before_running(name, tmp_path, monkeypatch):
+    function = SIMULATIONS[name]
+    declared = declared_settings(function)
+    plain = typing.get_type_hints(function)
+    numeric = {key for key, hint in plain.items() if hint in (int, float) or typing.get_args(hint) in ((int,), (float,))}
+    assert numeric == set(declared), "every int/float setting of a simulation needs a declared range"
+    defaults = simulation_params(name)
+    for key, spec in declared.items():
+        spec.check(name, key, defaults[key])  # the defaults are valid
+    monkeypatch.setitem(SIMULATIONS, name, functools.wraps(function)(lambda **settings: pytest.fail(f"ran with {settings}")))
+    for key, spec in declared.items():
+        for bad in _outside(spec):
+            with pytest.raises(ValueError, match=rf"^simulate {name}: --{key}( \(each value\))? must be an? [a-z ]*{re.escape(str(spec.range))}, got "):
+                run_simulation(name, tmp_path, **{key: [bad] if spec.is_list else bad})
+        if spec.is_list:
+            with pytest.raises(ValueError, match=rf"--{key} needs at least one value"):
+                run_simulation(name, tmp_path, **{key: []})
+    assert not any(tmp_path.iterdir())
+
+
+def test_range_text_and_membership():
+    assert str(Range(1)) == ">= 1" and str(Range(0, open_low=True)) == "> 0"
+    assert str(Range(-1, 1, open_high=True)) == "in [-1, 1)" and str(Range(0, 2**32 - 1)) == "in [0, 4294967295]"
+    assert 0 not in Range(0, open_low=True) and 1e-300 in Range(0, open_low=True)
+    assert 1 not in Range(-1, 1, open_high=True) and -1 in Range(-1, 1, open_high=True)
+    assert math.nan not in Range() and math.inf not in Range()
+
+
+def test_in_range_extremes_run_or_fail_with_one_clear_line(tmp_path):
+    """Edge values inside the ranges: no cell converges (the log axes cannot be drawn), a step too
+    small to measure the Thm. 3.4 ratio, and settings whose combination leaves nothing to train on."""
+    res = run_simulation("fig2a", tmp_path, norms=[0.5, 2], interps=[-0.5, 0.5], num_pairs=10, max_steps=1)
+    assert res["num_cells_not_converged"] == 4 and (tmp_path / "fig2a.png").stat().st_size > 10_000
+    res = run_simulation("theory_checks", tmp_path, num_pairs=50, lrs=[0.1], norms=[1e6], num_batches=1, batch_size=8)
+    assert res["thm_3_4"]["one_side_small_step"]["checked"] == 0
+    with pytest.raises(ValueError, match="--batch_size 16 is larger than the 4 training samples"):
+        run_simulation("fig2b", tmp_path, num_classes=2, samples_per_class=2, batch_size=16)
+    with pytest.raises(ValueError, match="--k 8 needs more than 8 samples, got 8"):
+        run_simulation("fig2b", tmp_path, num_classes=2, samples_per_class=4, batch_size=4, epochs=1, hidden=8, k=8)
+    with pytest.raises(ValueError, match=r"2 samples leave class 2 empty \(class sizes \[1, 1, 0, 0\]\)"):
+        run_simulation("fig2c", tmp_path, num_samples=2, batch_size=2)
 
 
 def test_registry_and_params():
@@ -318,7 +376,14 @@ def test_simulate_fig2c_from_the_command_line(tmp_path, capsys):
         (["simulate", "fig2a", "--num_pairs"], "argument --num_pairs: expected one argument"),
         (["simulate", "fig2a", "stray"], "unrecognized arguments: stray"),
         (["simulate", "all", "--seed", "1"], "unrecognized arguments: --seed 1"),
-        (["simulate", "fig2a", "--norms", "-1"], "norms must be positive"),
+        (["simulate", "fig2a", "--norms", "-1"], "simulate fig2a: --norms (each value) must be a finite number > 0, got -1.0"),
+        (["simulate", "fig2a", "--norms", ","], "simulate fig2a: --norms needs at least one value"),
+        (["simulate", "fig2a", "--num_pairs", "-5"], "simulate fig2a: --num_pairs must be an integer >= 1, got -5"),
+        (["simulate", "fig2a", "--lr", ".nan"], "simulate fig2a: --lr must be a finite number > 0, got nan"),
+        (["simulate", "fig2a", "--lr", "1e400"], "simulate fig2a: --lr must be a finite number > 0, got inf"),
+        (["simulate", "fig2a", "--threshold", "1"], "simulate fig2a: --threshold must be a finite number in [-1, 1), got 1.0"),
+        (["simulate", "theory_checks", "--dim", "0"], "simulate theory_checks: --dim must be an integer >= 2, got 0"),
+        (["simulate", "fig2c", "--class_weights", "0.5,nan"], "--class_weights (each value) must be a finite number >= 0, got nan"),
         (["simulate", "fig2a", "--", "x"], "ssl-norms simulate takes no arguments after --"),
     ],
 )
@@ -339,7 +404,8 @@ def test_simulate_list_names_every_simulation_and_its_defaults(capsys):
     printed = capsys.readouterr().out
     for name in SIMULATIONS:
         assert f"\n{name}: " in f"\n{printed}"
-    assert "    --num_pairs 500\n" in printed and "    --class_weights 0.5,0.25,0.125,0.0625\n" in printed
+    assert "    --num_pairs 500  (>= 1)\n" in printed and "    --class_weights 0.5,0.25,0.125,0.0625  (>= 0)\n" in printed
+    assert "    --optimizer adam\n" in printed  # no range for a word
 
 
 @pytest.mark.timeout(180)

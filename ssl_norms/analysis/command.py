@@ -2,9 +2,10 @@
 
 Every analysis is registered once, in :data:`ANALYSES`; its keyword parameters are its command-line
 options (``ssl-norms analyze <name> --help``). It writes ``<out>/<name>.png`` with its numbers
-(``.csv``, ``.json``; per-sample values as ``_samples.npz``) into ``--out`` (default
-``<run_dir>/analysis``), and, when the run logged to W&B (or with ``--wandb``), logs the PNGs into
-that W&B run. Analyses whose first parameter is ``run`` read a checkpoint (a :class:`TrainedRun`);
+(``.csv``, ``.json``; per-sample values as ``_samples.npz``) into ``--out`` (default: a new
+``<run_dir>/analyze-<timestamp>/``, named like validate's, so no analysis overwrites another or a file
+of the run), and, when the run logged to W&B (or with ``--wandb``), logs the PNGs into
+that W&B run. ``--ckpt`` also takes a run directory: its newest checkpoint, as resuming picks it. Analyses whose first parameter is ``run`` read a checkpoint (a :class:`TrainedRun`);
 those whose first parameter is ``runs`` read run directories.
 """
 
@@ -17,12 +18,13 @@ from typing import Any, Callable
 
 from ssl_norms.analysis.confidence import entropy_by_norm, extremes, human_agreement_by_norm, knn_by_norm
 from ssl_norms.analysis.curves import training_curves
-from ssl_norms.analysis.loading import TrainedRun, run_dir_of
+from ssl_norms.analysis.loading import TrainedRun, checkpoint_path, run_dir_of
 from ssl_norms.analysis.novelty import novelty
 from ssl_norms.analysis.opposite_pairs import opposite_pairs
 from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
 from ssl_norms.command_line import Member, Subcommands
 from ssl_norms.figures import WandbFigures, wandb_run_id
+from ssl_norms.runs import RUN_FILES, create_unique_dir, timestamp
 
 # name -> (function, aliases); the help line is the first line of the function's docstring
 ANALYSES: dict[str, tuple[Callable[..., AnalysisResult], tuple[str, ...]]] = {
@@ -91,10 +93,10 @@ def analyze(
     """Run analysis ``name`` (or ``all``) with ``options`` and print what it wrote.
 
     Args:
-        ckpt: checkpoint, e.g. RUN_DIR/checkpoints/last.ckpt
+        ckpt: checkpoint, e.g. RUN_DIR/checkpoints/last.ckpt, or RUN_DIR (its newest checkpoint)
         config: the run's config.yaml (default: RUN_DIR/config.yaml)
         data: data root (default: the run's root, else $SSL_NORMS_DATA)
-        out: output directory (default: RUN_DIR/analysis)
+        out: output directory, not a run directory (default: a new RUN_DIR/analyze-<timestamp>)
         runs: run directories of run-dir analyses (default: the checkpoint's run)
         augmented: training-set embeddings from the first augmented view (the paper's code); default un-augmented
         max_samples: seeded subset of every image set (default: all)
@@ -104,8 +106,11 @@ def analyze(
         wandb: log the PNGs to the run's W&B run (default: when the run used W&B)
     """
     run = None
+    if out is not None and any((out / marker).exists() for marker in RUN_FILES):
+        raise ValueError(f"--out {out} is a run directory: analyses never write among a run's files; "
+                         "leave --out out (a new <run>/analyze-<timestamp>/) or name another folder")
     if ckpt is not None and name == "curves":  # reads metrics files only: no need to load the model
-        runs = runs or [run_dir_of(ckpt)]
+        runs = runs or [run_dir_of(checkpoint_path(ckpt))]
     elif ckpt is not None:
         run = TrainedRun.load(ckpt, config, data, device=device, batch_size=batch_size, max_samples=max_samples, seed=seed, augmented=augmented)
     elif name == "all" or reads_checkpoint(name):
@@ -113,9 +118,9 @@ def analyze(
     run_dir = run.run_dir if run is not None else (runs[0] if runs else None)
     if run_dir is None:
         raise ValueError(f"analysis {name!r} needs --runs DIR [DIR ...] or --ckpt")
-    out_dir = out or Path(run_dir) / "analysis"
     use_wandb = wandb if wandb is not None else wandb_run_id(Path(run_dir)) is not None
     figures = WandbFigures(Path(run_dir), run.config if run is not None else None) if use_wandb else None
+    out_dir = out or create_unique_dir(Path(run_dir), f"analyze-{timestamp()}")
     try:
         if name == "all":
             results, skipped = run_all(out_dir, run, runs, **options)
@@ -137,6 +142,8 @@ def analyze(
     finally:
         if figures is not None:
             figures.finish()
+        if out is None and not any(out_dir.iterdir()):  # a failed analysis leaves no empty folder
+            out_dir.rmdir()
 
 
 def _write_skip_note(out_dir: Path, name: str, reason: str) -> Path:

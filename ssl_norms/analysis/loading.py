@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ssl_norms.data.base import SSLDataModule, seeded_subset
 from ssl_norms.methods import SSLMethod
-from ssl_norms.runs import read_checkpoint, run_dir_of
+from ssl_norms.runs import CHECKPOINT_DIR, RunError, newest_checkpoint, note, read_checkpoint, run_dir_of
 
 
 def read_run_config(path: str | Path) -> dict[str, Any]:
@@ -34,6 +34,21 @@ def _import(class_path: str) -> type:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         raise ValueError(f"cannot import {class_path!r}; is the package that defines it installed?") from None
+
+
+def checkpoint_path(ckpt: str | Path) -> Path:
+    """``ckpt`` itself, or for a run directory (or its ``checkpoints/`` folder) the checkpoint that
+    continues the run: the one with the highest saved step, as ``fit --ckpt_path last`` picks it."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        return ckpt
+    run_dir = ckpt.parent if ckpt.name == CHECKPOINT_DIR else ckpt
+    newest = newest_checkpoint(run_dir)
+    if newest is None:
+        raise RunError(f"no readable checkpoint in {run_dir} (looked for {CHECKPOINT_DIR}/*.ckpt and hpc_ckpt_*.ckpt): "
+                       "pass --ckpt FILE.ckpt or a run directory that holds one")
+    note(f"analyzing {newest.path} (global step {newest.global_step})")
+    return newest.path
 
 
 def load_model(ckpt: str | Path, config: dict[str, Any] | None = None) -> SSLMethod:
@@ -206,9 +221,10 @@ class TrainedRun:
         cls, ckpt: str | Path, config_path: str | Path | None = None, data_root: str | Path | None = None,
         device: str | None = None, **kwargs: Any,
     ) -> "TrainedRun":
-        """A run from its checkpoint; the DataModule comes from ``config_path`` (default
-        ``<run_dir>/config.yaml``) with ``data_root`` replacing the data root when given. The model
-        runs on ``device`` (default: CUDA when available, else the CPU)."""
+        """A run from its checkpoint (or run directory: :func:`checkpoint_path`); the DataModule comes
+        from ``config_path`` (default ``<run_dir>/config.yaml``) with ``data_root`` replacing the data
+        root when given. The model runs on ``device`` (default: CUDA when available, else the CPU)."""
+        ckpt = checkpoint_path(ckpt)
         run_dir = run_dir_of(ckpt)
         config = read_run_config(config_path or run_dir / "config.yaml")
         model = load_model(ckpt, config).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))

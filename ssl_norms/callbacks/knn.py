@@ -7,9 +7,10 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ssl_norms.distributed import all_gather_rows, broadcast_buffers, unique_by_index
-from ssl_norms.eval import knn_predict
+from ssl_norms.eval import knn_predict, single_class_note
 
 
 class OnlineKNN(Callback):
@@ -19,7 +20,8 @@ class OnlineKNN(Callback):
     is embedded, sharded over ranks and gathered; the validation outputs of the first validation
     dataloader are collected from the method's ``validation_step`` (no second forward pass),
     gathered and de-duplicated by sample index, so the result equals a single-process run.
-    Logs ``knn/top1`` (a fraction in [0, 1]).
+    Logs ``knn/top1`` (a fraction in [0, 1]); warns once when the bank or the validation labels hold
+    a single class, where it is trivial or one class's recall (:func:`ssl_norms.eval.single_class_note`).
 
     Args:
         k / temperature: neighbours and vote temperature (votes weighted by exp(sim / temperature)).
@@ -35,6 +37,7 @@ class OnlineKNN(Callback):
         self.k, self.temperature, self.space, self.every_n_epochs = k, temperature, space, every_n_epochs
         self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._warned_single_class = False
 
     def _active(self, trainer: L.Trainer) -> bool:
         return not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
@@ -76,6 +79,10 @@ class OnlineKNN(Callback):
         _, feats, labels = unique_by_index(index, feats, labels)
         bank_feats, bank_labels = self._bank
         num_classes = getattr(trainer.datamodule, "num_classes", None) or int(max(bank_labels.max(), labels.max())) + 1
+        note = single_class_note(bank_labels, labels)
+        if note and not self._warned_single_class:
+            rank_zero_warn(f"OnlineKNN (knn/top1): {note}")
+            self._warned_single_class = True
         predicted = knn_predict(bank_feats, bank_labels, feats, num_classes, k=self.k, temperature=self.temperature)
         pl_module.log("knn/top1", (predicted == labels).float().mean(), prog_bar=True)
         self._bank, self._val = None, []

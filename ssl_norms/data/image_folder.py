@@ -101,7 +101,8 @@ def _read_cache(path: Path, count: int, size: int | None, complete: bool) -> tup
     try:
         saved = torch.load(path, weights_only=True)
     except Exception as err:  # truncated zip, garbage, a directory...: whatever it is, it is not our cache
-        raise ValueError(f"{type(err).__name__}: {first_line(err)}") from None
+        # torch's first sentence only: its advice to retry with weights_only=False does not apply to a cache
+        raise ValueError(f"{type(err).__name__}: {first_line(err).split('. ')[0]}") from None
     images, labels = (saved.get("images"), saved.get("labels")) if isinstance(saved, dict) else (None, None)
     if not isinstance(images, Tensor) or not isinstance(labels, Tensor):
         raise ValueError("not a dict of images and labels")

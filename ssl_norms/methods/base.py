@@ -58,6 +58,8 @@ class SSLMethod(L.LightningModule):
         cifar_stem: 3x3 stride-1 first conv and no max-pool (32 px images).
         backbone_width: channels of the first ResNet stage (64 standard; 16 for CPU-scale studies).
         input_dim / mlp_hidden_dims: for the ``mlp`` backbone.
+        backbone_kwargs: further arguments of a timm backbone, e.g. ``{img_size: 32, patch_size: 4}``
+            for a ViT on 32 px images.
         lr: peak learning rate (absolute), reached at the end of warmup.
         momentum / nesterov / weight_decay: SGD settings.
         exclude_bias_and_norm_from_wd: no weight decay on biases and normalisation parameters.
@@ -89,6 +91,7 @@ class SSLMethod(L.LightningModule):
         backbone_width: int = 64,
         input_dim: int | None = None,
         mlp_hidden_dims: list[int] | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
         lr: float = 0.3,
         momentum: float = 0.9,
         nesterov: bool = False,
@@ -126,7 +129,7 @@ class SSLMethod(L.LightningModule):
         _check_layer_dims(self.hparams)
         self.backbone, self.feature_dim = build_backbone(
             backbone, cifar_stem=cifar_stem, width=backbone_width, input_dim=input_dim, hidden_dims=mlp_hidden_dims,
-            zero_init_residual=zero_init_residual,
+            zero_init_residual=zero_init_residual, backbone_kwargs=backbone_kwargs,
         )
         # Functions applied to the loss's input right before the loss (ssl_norms.contract).
         self.loss_space_hooks: list[Callable[..., Tensor]] = []

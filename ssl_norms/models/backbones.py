@@ -1,10 +1,14 @@
-"""Backbones by name: torchvision ResNets (CIFAR stem, width), an MLP for vector data, any timm model.
+"""Backbones by name: torchvision ResNets (CIFAR stem, width), an MLP for vector data, any timm model
+(with its own arguments, e.g. a ViT's ``img_size`` and ``patch_size``).
 
 Every builder returns ``(module, feature_dim)`` where the module maps a batch to (N, feature_dim)
 features with no classifier head.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 from torch import nn
 from torchvision.models import resnet
@@ -68,6 +72,9 @@ def mlp_backbone(input_dim: int, hidden_dims: list[int]) -> tuple[nn.Module, int
 
 
 def timm_backbone(name: str, **kwargs) -> tuple[nn.Module, int]:
+    """Any timm model without its classifier; ``kwargs`` go to ``timm.create_model`` (a ViT for
+    32 px images: ``img_size=32, patch_size=4``). A model built for one input size (a ViT's patch
+    embedding) refuses other sizes at its first batch with one line saying how to rebuild it."""
     import timm  # imported lazily: timm's import is slow and most runs use torchvision
 
     try:
@@ -76,7 +83,25 @@ def timm_backbone(name: str, **kwargs) -> tuple[nn.Module, int]:
         raise ValueError(
             f"unknown backbone {name!r}: use resnet18/resnet34/resnet50/resnet101, 'mlp', or a timm model name"
         ) from err
+    except TypeError as err:  # an argument the model's constructor does not take
+        raise ValueError(f"backbone {name} does not take backbone_kwargs {kwargs}: {err}") from err
+    patch_embed = getattr(net, "patch_embed", None)
+    if getattr(patch_embed, "strict_img_size", False) and getattr(patch_embed, "img_size", None):
+        net.register_forward_pre_hook(functools.partial(_check_input_size, name, tuple(patch_embed.img_size), patch_embed.patch_size[0]))
     return net, net.num_features
+
+
+def _check_input_size(name: str, expected: tuple[int, int], patch: int, module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook: the one-line refusal instead of timm's assertion deep in the patch embedding."""
+    height, width = args[0].shape[-2:]
+    if (height, width) == expected:
+        return
+    size = height if height == width else [height, width]
+    fix = f"img_size: {size}" + (f", patch_size: {max(1, min(height, width) // 8)}" if min(height, width) // patch < 8 else "")
+    raise ValueError(
+        f"backbone {name} takes {expected[0]}x{expected[1]} images, got {height}x{width}: "
+        f"build it for this size with --model.init_args.backbone_kwargs '{{{fix}}}'"
+    )
 
 
 def build_backbone(
@@ -86,8 +111,12 @@ def build_backbone(
     input_dim: int | None = None,
     hidden_dims: list[int] | None = None,
     zero_init_residual: bool = False,
+    backbone_kwargs: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, int]:
-    """Backbone by name. ``mlp`` needs ``input_dim``; names that are not ResNets go to timm."""
+    """Backbone by name. ``mlp`` needs ``input_dim``; names that are not ResNets go to timm, with
+    ``backbone_kwargs`` as further arguments of ``timm.create_model``."""
+    if backbone_kwargs and (name in _TORCHVISION_RESNETS or name == "mlp"):
+        raise ValueError(f"backbone_kwargs go to timm models; the {name!r} backbone takes none, got {backbone_kwargs}")
     if name in _TORCHVISION_RESNETS:
         if width < 1:
             raise ValueError(f"backbone width must be >= 1, got {width}")
@@ -98,4 +127,4 @@ def build_backbone(
         if input_dim is None or input_dim < 1:
             raise ValueError(f"the 'mlp' backbone needs input_dim >= 1 (the data's vector length), got {input_dim}")
         return mlp_backbone(input_dim, [256, 256] if hidden_dims is None else hidden_dims)
-    return timm_backbone(name)
+    return timm_backbone(name, **(backbone_kwargs or {}))

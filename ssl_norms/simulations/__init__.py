@@ -6,8 +6,10 @@ Usage::
     numbers = run_simulation("fig2a", "out/", norms=[0.5, 1, 2], max_steps=5000)
 
 Every simulation is registered once, in :data:`SIMULATIONS`: a function whose keyword arguments are
-its settings (``ssl-norms simulate <name> --help`` shows them), whose docstring's first line says
-what it reproduces, and which returns a :class:`SimulationOutput`. ``run_simulation`` writes
+its settings (``ssl-norms simulate <name> --help`` shows them), each number annotated with its
+accepted range (:mod:`ssl_norms.simulations.settings`), whose docstring's first line says what it
+reproduces, and which returns a :class:`SimulationOutput`. :func:`simulation_output` checks the
+settings and runs it. ``run_simulation`` writes
 ``<out_dir>/<name>.png`` (the figure), ``<out_dir>/<name>.json`` (the numbers behind it) and
 ``<out_dir>/<name>.csv`` (tabular data), and returns the numbers with a ``"paths"`` entry.
 """
@@ -21,6 +23,7 @@ from typing import Any, Callable
 from ssl_norms.simulations.aparametric import fig2a
 from ssl_norms.simulations.output import SimulationOutput
 from ssl_norms.simulations.parametric import fig2b, fig2c
+from ssl_norms.simulations.settings import check_settings
 from ssl_norms.simulations.theory import theory_checks
 
 SIMULATIONS: dict[str, Callable[..., SimulationOutput]] = {
@@ -30,7 +33,7 @@ SIMULATIONS: dict[str, Callable[..., SimulationOutput]] = {
     "fig2c": fig2c,
 }
 
-__all__ = ["SIMULATIONS", "SimulationOutput", "run_simulation", "simulation_params"]
+__all__ = ["SIMULATIONS", "SimulationOutput", "run_simulation", "simulation_output", "simulation_params"]
 
 
 def simulation_params(name: str) -> dict[str, Any]:
@@ -41,10 +44,17 @@ def simulation_params(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
 
 
-def run_simulation(name: str, out_dir: str | Path, **settings: Any) -> dict:
-    """Run simulation ``name`` with ``settings``, write ``<name>.png/.json/.csv`` into ``out_dir``,
-    return the numbers."""
+def simulation_output(name: str, **settings: Any) -> SimulationOutput:
+    """Run simulation ``name`` with ``settings`` after checking every setting's name and range
+    (``ValueError`` naming the first bad one)."""
     unknown = sorted(set(settings) - set(simulation_params(name)))
     if unknown:
         raise ValueError(f"unknown setting(s) for {name}: {', '.join(unknown)}; valid: {', '.join(simulation_params(name))}")
-    return SIMULATIONS[name](**settings).write(name, out_dir)
+    check_settings(name, SIMULATIONS[name], settings)
+    return SIMULATIONS[name](**settings)
+
+
+def run_simulation(name: str, out_dir: str | Path, **settings: Any) -> dict:
+    """Run simulation ``name`` with ``settings``, write ``<name>.png/.json/.csv`` into ``out_dir``,
+    return the numbers."""
+    return simulation_output(name, **settings).write(name, out_dir)

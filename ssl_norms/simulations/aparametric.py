@@ -39,6 +39,7 @@ from matplotlib.colors import LogNorm
 
 from ssl_norms.figures import new_figure
 from ssl_norms.simulations.output import SimulationOutput
+from ssl_norms.simulations.settings import Cosine, Count, Dimension, Interpolation, Positive, Seed
 from ssl_norms.threads import one_cpu_thread
 
 
@@ -98,14 +99,14 @@ def random_unit(n: int, d: int, g: torch.Generator, dtype=torch.float64) -> Tens
 @one_cpu_thread()
 def fig2a(
     *,
-    norms: Sequence[float] = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
-    interps: Sequence[float] = (-0.9, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75),
-    num_pairs: int = 500,
-    dim: int = 20,
-    lr: float = 10.0,
-    threshold: float = 0.999,
-    max_steps: int = 30_000,
-    seed: int = 0,
+    norms: Sequence[Positive] = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
+    interps: Sequence[Interpolation] = (-0.9, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75),
+    num_pairs: Count = 500,
+    dim: Dimension = 20,
+    lr: Positive = 10.0,
+    threshold: Cosine = 0.999,
+    max_steps: Count = 30_000,
+    seed: Seed = 0,
 ) -> SimulationOutput:
     """Fig 2a: steps to converge vs embedding norm and initial angle (aparametric GD, 500 pairs on S^19, lr 10).
 
@@ -120,12 +121,6 @@ def fig2a(
     """
     norms = [float(v) for v in norms]
     interps = [float(v) for v in interps]
-    if not norms or not interps:
-        raise ValueError("fig2a needs at least one norm and one interp value")
-    if any(v <= 0 for v in norms):
-        raise ValueError(f"norms must be positive, got {norms}")
-    if any(abs(a) > 1 for a in interps):
-        raise ValueError(f"interps must lie in [-1, 1], got {interps}")
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     x1 = random_unit(num_pairs, dim, g)
@@ -232,6 +227,15 @@ def _fig2a_summary(numbers: dict) -> list[str]:
     return lines
 
 
+def _log_steps_axis(ax, converged_steps: np.ndarray) -> None:
+    """A log y axis when some cell converged after >= 1 step; without a positive value (nothing
+    converged, or everything at step 0) matplotlib cannot draw one, so the axis stays linear."""
+    if (converged_steps > 0).any():
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no cell converged after >= 1 step", transform=ax.transAxes, ha="center")
+
+
 def _plot_fig2a(steps_m, norms, interps, init_angle_deg, max_steps, threshold, num_pairs, dim, lr):
     fig, (ax_h, ax_n, ax_a) = new_figure(1, 3, width=5.2, height=4.4)
     A, R = steps_m.shape
@@ -263,7 +267,7 @@ def _plot_fig2a(steps_m, norms, interps, init_angle_deg, max_steps, threshold, n
         ref = vals[ia0, ir0] * (np.asarray(norms) / norms[ir0]) ** 2
         ax_n.plot(norms, ref, "k--", lw=1, label="∝ norm²")
     ax_n.set_xscale("log")
-    ax_n.set_yscale("log")
+    _log_steps_axis(ax_n, vals[ok])
     ax_n.set_xticks(norms, [f"{v:g}" for v in norms])
     ax_n.minorticks_off()
     ax_n.set_xlabel("embedding norm (log)")
@@ -275,7 +279,7 @@ def _plot_fig2a(steps_m, norms, interps, init_angle_deg, max_steps, threshold, n
     for ir in range(R):
         y = np.where(capped[:, ir], np.nan, vals[:, ir])
         ax_a.plot(init_angle_deg.numpy(), y, "o-", label=f"norm {norms[ir]:g}")
-    ax_a.set_yscale("log")
+    _log_steps_axis(ax_a, vals[ok])
     ax_a.set_xlabel("mean initial angle between pair (degrees)")
     ax_a.set_ylabel("steps to converge (log)")
     ax_a.set_title("Steps vs initial angle, one curve per norm")

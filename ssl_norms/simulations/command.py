@@ -18,7 +18,8 @@ from typing import Any
 from ssl_norms.command_line import Member, Subcommands, help_line
 from ssl_norms.figures import WandbFigures
 from ssl_norms.runs import runs_root
-from ssl_norms.simulations import SIMULATIONS, simulation_params
+from ssl_norms.simulations import SIMULATIONS, simulation_output, simulation_params
+from ssl_norms.simulations.settings import declared_settings
 
 
 def simulate(name: str, *, out: Path | None = None, wandb: bool = False, **settings: Any) -> None:
@@ -29,16 +30,18 @@ def simulate(name: str, *, out: Path | None = None, wandb: bool = False, **setti
         wandb: also log the PNGs and numbers into a W&B run under <out>/wandb (offline without credentials)
     """
     out_dir = out or runs_root() / "simulations"
-    figures = WandbFigures(out_dir, job_type="simulation", name=f"simulate-{name}") if wandb else None
+    figures = None  # the W&B run starts with the first output, so bad settings leave no run behind
     try:
         for simulation in SIMULATIONS if name == "all" else [name]:
-            output = SIMULATIONS[simulation](**settings)
+            output = simulation_output(simulation, **settings)
             numbers = output.write(simulation, out_dir)
             paths = numbers["paths"]
             print(f"{simulation}: {', '.join(paths.values())} ({numbers.get('runtime_s', 0):.1f} s)")
             for line in output.summary:
                 print(f"  {line}")
-            if figures is not None:
+            if wandb:
+                if figures is None:
+                    figures = WandbFigures(out_dir, job_type="simulation", name=f"simulate-{name}")
                 figures.log_figures(f"simulation/{simulation}", [Path(p) for p in paths.values()], numbers)
     finally:
         if figures is not None:
@@ -49,15 +52,16 @@ def list_simulations(*, list_: bool = False) -> None:
     """Without a simulation name: ``--list`` prints every simulation and its settings with defaults.
 
     Args:
-        list_: list the simulations and their settings with defaults
+        list_: list the simulations and their settings with defaults and accepted ranges
     """
     if not list_:
         raise ValueError(f"name a simulation: {', '.join(SIMULATIONS)} or all (ssl-norms simulate --list shows their settings)")
     for name, function in SIMULATIONS.items():
         print(f"{name}: {help_line(function)}")
+        declared = declared_settings(function)
         for key, default in simulation_params(name).items():
             shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, (list, tuple)) else default
-            print(f"    --{key} {shown}")
+            print(f"    --{key} {shown}" + (f"  ({declared[key].range})" if key in declared else ""))
 
 
 COMMAND = Subcommands(

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ssl_norms.data.synthetic import LatentClasses, class_counts, sample_dataset
 from ssl_norms.figures import new_figure
 from ssl_norms.simulations.output import SimulationOutput
+from ssl_norms.simulations.settings import Count, Dimension, Momentum, NonNegative, Positive, Seed, Several
 from ssl_norms.threads import one_cpu_thread
 
 
@@ -121,12 +122,14 @@ def train_supcon(
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     if positives not in POSITIVES:
         raise ValueError(f"positives must be one of {', '.join(POSITIVES)}, got {positives!r}")
+    n = len(x)
+    if drop_last and batch_size > n:
+        raise ValueError(f"--batch_size {batch_size} is larger than the {n} training samples: no full batch, so no training step")
     g = torch.Generator().manual_seed(seed + 1)
     losses: list[float] = []
     step = 0
     if callback is not None:
         callback(0, model)
-    n = len(x)
     for _ in range(epochs):
         perm = torch.randperm(n, generator=g)
         for start in range(0, n - batch_size + 1 if drop_last else n, batch_size):
@@ -157,6 +160,8 @@ def _fmt(value: Any) -> str:
 
 def knn_cosine_distance(z: Tensor, k: int, chunk: int = 2048) -> Tensor:
     """Cosine distance (1 - cos) from each row to its k-th nearest other row (self excluded)."""
+    if k >= len(z):
+        raise ValueError(f"--k {k} needs more than {k} samples, got {len(z)}")
     zn = F.normalize(z.double(), dim=-1)
     out = torch.empty(len(z), dtype=torch.float64)
     for s in range(0, len(z), chunk):
@@ -180,6 +185,8 @@ def _world_and_data(num_classes, latent_dim, ambient_dim, sigma, samples, class_
     entries (the released notebook's ``torch.randn(data_dim, dim) * 10`` is ``mapping_std=10``)."""
     world = LatentClasses.create(num_classes, latent_dim, ambient_dim, sigma, seed=seed)
     counts = class_counts(samples, class_weights, num_classes)
+    if 0 in counts:  # a class without samples has no mean norm and no neighbours
+        raise ValueError(f"{samples} samples leave class {counts.index(0)} empty (class sizes {counts}): use more samples")
     x, labels, latents = sample_dataset(world, counts, seed=seed + 1)
     if mapping_std > 0:
         x = x * (mapping_std * latent_dim**0.5)
@@ -193,23 +200,23 @@ def _world_and_data(num_classes, latent_dim, ambient_dim, sigma, samples, class_
 
 def fig2b(
     *,
-    num_classes: int = 4,
-    samples_per_class: int = 1000,
-    latent_dim: int = 11,
-    ambient_dim: int = 64,
-    sigma: float = 0.1,
-    hidden: int = 128,
-    epochs: int = 10,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    temperature: float = 0.2,
+    num_classes: Count = 4,
+    samples_per_class: Several = 1000,
+    latent_dim: Dimension = 11,
+    ambient_dim: Count = 64,
+    sigma: NonNegative = 0.1,
+    hidden: Count = 128,
+    epochs: Count = 10,
+    batch_size: Several = 128,
+    lr: Positive = 1e-3,
+    temperature: Positive = 0.2,
     optimizer: str = "adam",
-    momentum: float = 0.9,
-    k: int = 10,
-    seed: int = 0,
+    momentum: Momentum = 0.9,
+    k: Count = 10,
+    seed: Seed = 0,
     positives: str = "all",
     drop_last: bool = True,
-    mapping_std: float = 0.0,
+    mapping_std: NonNegative = 0.0,
 ) -> SimulationOutput:
     """Fig 2b: embedding norm vs distance to the 10th nearest neighbour (supervised-InfoNCE MLP).
 
@@ -316,23 +323,23 @@ def _plot_fig2b(norms, knn, labels, numbers, losses):
 
 def fig2c(
     *,
-    class_weights: Sequence[float] = (1 / 2, 1 / 4, 1 / 8, 1 / 16),
-    num_samples: int = 4000,
-    latent_dim: int = 11,
-    ambient_dim: int = 64,
-    sigma: float = 0.1,
-    hidden: int = 128,
-    epochs: int = 10,
-    batch_size: int = 128,
-    lr: float = 1.0,
-    temperature: float = 0.2,
+    class_weights: Sequence[NonNegative] = (1 / 2, 1 / 4, 1 / 8, 1 / 16),
+    num_samples: Several = 4000,
+    latent_dim: Dimension = 11,
+    ambient_dim: Count = 64,
+    sigma: NonNegative = 0.1,
+    hidden: Count = 128,
+    epochs: Count = 10,
+    batch_size: Several = 128,
+    lr: Positive = 1.0,
+    temperature: Positive = 0.2,
     optimizer: str = "sgd",
-    momentum: float = 0.9,
-    track_every: int = 5,
-    seed: int = 0,
+    momentum: Momentum = 0.9,
+    track_every: Count = 5,
+    seed: Seed = 0,
     positives: str = "all",
     drop_last: bool = True,
-    mapping_std: float = 0.0,
+    mapping_std: NonNegative = 0.0,
 ) -> SimulationOutput:
     """Fig 2c: mean norm per class over training, class probabilities 1/2, 1/4, 1/8, 1/16.
 

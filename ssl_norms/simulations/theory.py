@@ -19,6 +19,7 @@ from torch import Tensor
 from ssl_norms.figures import new_figure
 from ssl_norms.simulations.aparametric import random_unit, cos_change, cosine_grad, exact_cos_change, thm34_bound
 from ssl_norms.simulations.output import SimulationOutput
+from ssl_norms.simulations.settings import Count, Dimension, Positive, Seed, Several
 from ssl_norms.threads import one_cpu_thread
 
 GROWTH_TOL = 1e-12  # relative float64 tolerance for "the norm never shrinks"
@@ -100,7 +101,7 @@ class StepChecks:
             float((d_one - exact_cos_change(pairs.phi, s, False)).abs().max()),
             float((d_both - exact_cos_change(pairs.phi, s, True)).abs().max()),
         )
-        ok = bound > 1e-12  # the ratio is meaningless for (numerically) parallel pairs
+        ok = bound > 1e-12  # the ratio is meaningless for (numerically) parallel pairs or a vanishing step s
         r_one, r_both = d_one[ok] / bound[ok], d_both[ok] / bound[ok]
         acute = (pairs.cos >= 0)[ok]
         # the both-sides violation set should be exactly {|cos phi| > s sin^2 phi, phi > 90 deg}
@@ -121,7 +122,7 @@ class StepChecks:
         self.norm_min_growth = min(self.norm_min_growth, float(growth.min() - 1))
         self.rows.append({
             "lr": lr, "rho": rho, "s": s,
-            "one_side_violations": int((r_one >= 1 + BOUND_TOL).sum()), "one_side_max_ratio": float(r_one.max()),
+            "one_side_violations": int((r_one >= 1 + BOUND_TOL).sum()), "one_side_max_ratio": float(r_one.max()) if len(r_one) else None,
             "one_side_predicted_sup": 0.5 + s / 4 if s > 0 else None,
             "both_sides_violations_acute": int((r_both >= 1 + BOUND_TOL)[acute].sum()),
             "both_sides_violations_obtuse": int((r_both >= 1 + BOUND_TOL)[~acute].sum()),
@@ -202,14 +203,14 @@ def check_cor_3_3_infonce(lrs: Sequence[float], num_batches: int, batch_size: in
 @one_cpu_thread()
 def theory_checks(
     *,
-    num_pairs: int = 10_000,
-    dim: int = 20,
-    lrs: Sequence[float] = (0.01, 0.1, 0.5, 1.0, 4.0, 10.0),
-    norms: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
-    batch_size: int = 256,
-    num_batches: int = 8,
-    temperature: float = 0.1,
-    seed: int = 0,
+    num_pairs: Several = 10_000,
+    dim: Dimension = 20,
+    lrs: Sequence[Positive] = (0.01, 0.1, 0.5, 1.0, 4.0, 10.0),
+    norms: Sequence[Positive] = (0.5, 1.0, 2.0, 4.0),
+    batch_size: Several = 256,
+    num_batches: Count = 8,
+    temperature: Positive = 0.1,
+    seed: Seed = 0,
 ) -> SimulationOutput:
     """Prop 3.1, Thm 3.4 and Cor 3.3 checked on many random pairs (float64).
 
