@@ -44,7 +44,8 @@ class EmbeddingNormMonitor(Callback):
     * ``pairs/opposite_rate``: share of positive pairs at an angle above pi/2 (Table S1).
 
     Every statistic but ``lr/base`` also has a per-epoch aggregate ``<name>_epoch`` (e.g.
-    ``norm/mean_epoch``): its mean over the epoch's logged steps, logged at the epoch's end.
+    ``norm/mean_epoch``): its mean over the epoch's logged steps, logged at the epoch's end (after a
+    mid-epoch resume, over the steps since the resume: Lightning does not checkpoint the running means).
 
     Norms are visible whatever the run length: when the trainer's ``log_every_n_steps`` is longer
     than an epoch (50 in the configs, against a few optimizer steps per epoch at CPU scale or with
