@@ -111,30 +111,64 @@ def _series_from_history(history: list[dict[str, float]]) -> dict[str, list[tupl
     return series
 
 
+def training_curves(source: str | Path | list[dict[str, float]]) -> dict[str, list[tuple[float, float]]]:
+    """The curves of the training-curves PNG, each ``[(optimizer step, value), ...]`` and empty when
+    never logged: ``norm`` (mean loss-space embedding norm) with its band ``norm_q05``/``norm_q95``,
+    ``loss``, ``lr`` and ``knn`` (top-1). ``source`` is a ``metrics.csv`` or rows of
+    ``{"step": ..., metric: value}``. A statistic with no per-step value (a run shorter than its
+    logging interval) is read from its per-epoch aggregate ``<name>_epoch``; the lr is
+    EmbeddingNormMonitor's ``lr/base``, else LearningRateMonitor's first ``lr-<optimizer>`` column."""
+    series = read_metrics(source) if isinstance(source, (str, Path)) else _series_from_history(source)
+
+    def per_step_or_epoch(key: str) -> list[tuple[float, float]]:
+        return series.get(key) or series.get(f"{key}_epoch", [])
+
+    lr_monitor = [values for key, values in sorted(series.items()) if key.startswith("lr-")]
+    return {
+        "norm": per_step_or_epoch("norm/mean"),
+        "norm_q05": per_step_or_epoch("norm/q05"),
+        "norm_q95": per_step_or_epoch("norm/q95"),
+        "loss": per_step_or_epoch("train/loss"),
+        "lr": series.get("lr/base") or (lr_monitor[0] if lr_monitor else []),
+        "knn": series.get("knn/top1", []),
+    }
+
+
+def _plot_curve(ax: Any, points: list[tuple[float, float]], scale: float = 1.0, **kwargs: Any) -> None:
+    """``points`` as a line, with markers when few (a one-epoch run's single point stays visible)."""
+    steps, values = zip(*points)
+    ax.plot(steps, [scale * v for v in values], marker="o" if len(points) <= 30 else None, **kwargs)
+
+
 def plot_training_curves(
     source: str | Path | list[dict[str, float]], out_png: str | Path, log_x: bool = False
 ) -> Path:
-    """Two panels: mean loss-space embedding norm (with its 5-95% band when logged) and k-NN
-    top-1, both against the optimizer step. ``source`` is a ``metrics.csv`` or rows of
-    ``{"step": ..., metric: value}``."""
-    series = read_metrics(source) if isinstance(source, (str, Path)) else _series_from_history(source)
-    fig, (ax_norm, ax_knn) = new_figure(1, 2, width=5.0, height=4.0)
-    if "norm/mean" in series:
-        steps, values = zip(*series["norm/mean"])
-        ax_norm.plot(steps, values, label="mean ||z||")
-        if "norm/q05" in series and "norm/q95" in series:
-            lo, hi = dict(series["norm/q05"]), dict(series["norm/q95"])
-            common = sorted(set(lo) & set(hi))
+    """Four panels against the optimizer step (:func:`training_curves`): mean loss-space embedding
+    norm (with its 5-95% band when logged), online k-NN top-1, training loss and learning rate."""
+    curves = training_curves(source)
+    fig, axes = new_figure(2, 2, width=5.0, height=4.0)
+    ax_norm, ax_knn, ax_loss, ax_lr = axes
+    if curves["norm"]:
+        _plot_curve(ax_norm, curves["norm"], label="mean ||z||")
+        lo, hi = dict(curves["norm_q05"]), dict(curves["norm_q95"])
+        common = sorted(set(lo) & set(hi))
+        if common:
             ax_norm.fill_between(common, [lo[s] for s in common], [hi[s] for s in common], alpha=0.25, label="5-95%")
         ax_norm.legend()
-    ax_norm.set(title="loss-space embedding norm", xlabel="optimizer step", ylabel="||z||")
-    if "knn/top1" in series:
-        steps, values = zip(*series["knn/top1"])
-        ax_knn.plot(steps, [100 * v for v in values], marker="o")
-    ax_knn.set(title="online k-NN accuracy", xlabel="optimizer step", ylabel="top-1 (%)")
-    if log_x:
-        ax_norm.set_xscale("symlog")
-        ax_knn.set_xscale("symlog")
+    ax_norm.set(title="loss-space embedding norm", ylabel="||z||")
+    if curves["knn"]:
+        _plot_curve(ax_knn, curves["knn"], scale=100)
+    ax_knn.set(title="online k-NN accuracy", ylabel="top-1 (%)")
+    if curves["loss"]:
+        _plot_curve(ax_loss, curves["loss"])
+    ax_loss.set(title="training loss", ylabel="loss")
+    if curves["lr"]:
+        _plot_curve(ax_lr, curves["lr"])
+    ax_lr.set(title="learning rate", ylabel="lr")
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        if log_x:
+            ax.set_xscale("symlog")
     return save_figure(fig, out_png)
 
 

@@ -5,8 +5,11 @@ through this module (or is listed here), and ``tests/test_lightning_compat.py`` 
 with the meaning we rely on, on a real Trainer: an upgrade that moves one fails there, loudly,
 instead of silently changing what a callback logs or where a resumed run continues.
 
-* :func:`is_logging_step` reads ``Trainer._logger_connector.should_update_logs``
-  (EmbeddingNormMonitor computes its statistics only on the steps Lightning logs).
+* :func:`is_logging_step` reads ``Trainer._logger_connector.should_update_logs`` and
+  ``fit_loop._should_accumulate()`` (EmbeddingNormMonitor computes its statistics only on the
+  micro-batches whose step values Lightning writes).
+* :func:`set_log_every_n_steps` relies on ``should_update_logs`` reading ``Trainer.log_every_n_steps``
+  at every step (EmbeddingNormMonitor shortens an interval longer than an epoch during fit).
 * :func:`epoch_batches_ready` and :func:`epoch_batches_processed` read the training loop's
   progress ``fit_loop.epoch_loop.batch_progress.current`` (ReproducibleResume: where a resumed
   epoch continues, and whether a checkpoint's epoch is complete).
@@ -29,8 +32,16 @@ CSV_LOGGER_ATTRIBUTES = ("_experiment", "_fs", "root_dir", "log_dir")
 
 
 def is_logging_step(trainer: Trainer) -> bool:
-    """Whether Lightning logs this training step (every ``log_every_n_steps`` optimizer steps)."""
-    return trainer._logger_connector.should_update_logs
+    """Whether Lightning writes this training batch's step values to the loggers: a logging step
+    (every ``log_every_n_steps`` optimizer steps) and, with gradient accumulation, the last
+    micro-batch of the window (Lightning writes the values logged there, once per optimizer step)."""
+    return trainer._logger_connector.should_update_logs and not trainer.fit_loop._should_accumulate()
+
+
+def set_log_every_n_steps(trainer: Trainer, steps: int) -> None:
+    """Log every ``steps`` optimizer steps from the next step on."""
+    trainer.log_every_n_steps  # noqa: B018  (fails loudly if Lightning renames it, instead of setting a new attribute)
+    trainer.log_every_n_steps = steps
 
 
 def epoch_batches_ready(trainer: Trainer) -> int:

@@ -72,6 +72,43 @@ def test_logging_step_is_where_lightning_logs(tmp_path):
     assert recorder.logging_steps == logged == [3, 6]
 
 
+def test_with_accumulation_the_logging_step_is_the_micro_batch_lightning_writes(tmp_path):
+    class Accumulating(Tiny):
+        def training_step(self, batch, batch_idx):
+            self.log("batch_seen", float(batch_idx), on_step=True, on_epoch=False)
+            return self.layer(batch[0]).sum()
+
+    logging_batches = []
+
+    class BatchRecorder(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if compat.is_logging_step(trainer):
+                logging_batches.append(batch_idx)
+
+    loader = DataLoader(TensorDataset(torch.randn(10, 2)), batch_size=2)  # 5 micro-batches: windows of 2, 2, 1
+    trainer = L.Trainer(max_epochs=1, accumulate_grad_batches=2, log_every_n_steps=1, callbacks=[BatchRecorder()],
+                        logger=CSVLogger(tmp_path, name="", version=""), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(Accumulating(), loader)
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        written = [int(float(row["batch_seen"])) for row in csv.DictReader(handle) if row.get("batch_seen")]
+    assert logging_batches == written == [1, 3, 4]  # each window's last micro-batch, once per optimizer step
+
+
+def test_a_changed_log_every_n_steps_applies_from_the_next_step(tmp_path):
+    class Shorten(Recorder):
+        def on_train_start(self, trainer, pl_module):
+            compat.set_log_every_n_steps(trainer, 2)
+
+    recorder = Shorten()
+    _fit(tmp_path, recorder, max_epochs=2, logger=CSVLogger(tmp_path, name="", version=""))
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        logged = [int(float(row["step_seen"])) + 1 for row in csv.DictReader(handle) if row.get("step_seen")]
+    assert recorder.logging_steps == logged == [2, 4, 6, 8]  # configured 3 would log 3 and 6
+    with pytest.raises(AttributeError):
+        compat.set_log_every_n_steps(object(), 2)
+
+
 def test_batch_progress_counts_the_epoch_and_survives_a_mid_epoch_resume(tmp_path):
     first = Recorder(save_at=(0, 2), path=tmp_path / "mid.ckpt")
     _fit(tmp_path, first, max_epochs=1)

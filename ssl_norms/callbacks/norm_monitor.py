@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,24 +11,52 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from ssl_norms.contract import EmbeddedBatch, SSLStep
 from ssl_norms.distributed import all_gather_rows, unique_by_index
-from ssl_norms.lightning_compat import is_logging_step
+from ssl_norms.lightning_compat import is_logging_step, set_log_every_n_steps
+
+#: Logged steps an epoch gets at least when the trainer's ``log_every_n_steps`` is longer than an epoch.
+MIN_LOGGED_STEPS_PER_EPOCH = 4
+
+
+def logging_interval(configured: int, steps_per_epoch: int) -> int:
+    """``configured`` (0: logging off), or, when it is longer than an epoch of ``steps_per_epoch``
+    optimizer steps, an interval that logs ``MIN_LOGGED_STEPS_PER_EPOCH`` steps per epoch (every step
+    of shorter epochs)."""
+    if configured <= steps_per_epoch:
+        return configured
+    return max(1, steps_per_epoch // MIN_LOGGED_STEPS_PER_EPOCH)
 
 
 class EmbeddingNormMonitor(Callback):
     """Logs, at every logging step, statistics of the loss-space embeddings of the training batch.
 
-    * ``norm/mean``, ``norm/std``, ``norm/min``, ``norm/max``, ``norm/q<percent>``: ||z|| of every
-      view's loss-space embedding, over the global batch (gathered from all ranks);
+    * ``norm/mean`` (also in the progress bar), ``norm/std``, ``norm/min``, ``norm/max``,
+      ``norm/q<percent>``: ||z|| of every view's loss-space embedding, over the global batch
+      (gathered from all ranks);
     * ``features/norm_mean``: mean norm of the backbone features;
+    * ``lr/base``: the optimizer's lr in this step (its first parameter group), once per optimizer step;
     * ``lr/effective`` = lr / mean(||z||)^2: by Thm 3.4 the step a cosine loss takes shrinks with
-      the squared norm, so this is the learning rate the embeddings actually feel;
+      the squared norm, so this is the learning rate the embeddings actually feel (the lr is read
+      after the step's scheduler update, i.e. the next step's);
     * ``pairs/opposite_rate``: share of positive pairs at an angle above pi/2 (Table S1).
 
+    Every statistic but ``lr/base`` also has a per-epoch aggregate ``<name>_epoch`` (e.g.
+    ``norm/mean_epoch``): its mean over the epoch's logged steps, logged at the epoch's end (after a
+    mid-epoch resume, over the steps since the resume: Lightning does not checkpoint the running means).
+
+    Norms are visible whatever the run length: when the trainer's ``log_every_n_steps`` is longer
+    than an epoch (50 in the configs, against a few optimizer steps per epoch at CPU scale or with
+    accumulation), the monitor lowers it for the fit to log ``MIN_LOGGED_STEPS_PER_EPOCH`` steps per
+    epoch (every step of shorter epochs). This is the trainer's interval, so ``train/loss`` and
+    LearningRateMonitor follow it too; ``config.yaml`` keeps the configured value.
+
     It reads only ``outputs["ssl"]`` (the method contract) and runs no extra forward pass. Work is
-    done on logging steps only, so other steps cost nothing.
+    done on the micro-batches whose values Lightning writes (one per logged optimizer step), so
+    other steps cost nothing; the statistics stay on the device (the monitor never waits for it),
+    and the epoch aggregates accumulate there until the epoch ends.
 
     In validation (``fit``'s validation epochs and ``validate``) it also logs, per validation
     dataloader, the same statistics of the un-augmented images' loss-space embeddings and features,
@@ -47,6 +77,34 @@ class EmbeddingNormMonitor(Callback):
         self.quantiles = tuple(quantiles)
         self.validation = validation
         self._val: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self._configured_interval: int | None = None
+        self._lr = math.nan
+
+    # ---- training: cadence, per-step values and per-epoch aggregates ---------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning's advice to lower an interval longer than the epoch: this monitor does it
+        warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        first = self._configured_interval is None
+        if first:
+            self._configured_interval = trainer.log_every_n_steps
+        if not math.isfinite(trainer.num_training_batches):
+            return
+        steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)  # per epoch; reloads may change it
+        interval = logging_interval(self._configured_interval, steps)
+        if first and interval != self._configured_interval:
+            rank_zero_info(f"log_every_n_steps {self._configured_interval} is longer than an epoch ({steps} optimizer steps): "
+                           f"logging every {interval} steps, and norm/*_epoch and train/loss_epoch every epoch")
+        set_log_every_n_steps(trainer, interval)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._configured_interval is not None:
+            set_log_every_n_steps(trainer, self._configured_interval)
+            self._configured_interval = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]  # before the step's scheduler update
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -56,7 +114,12 @@ class EmbeddingNormMonitor(Callback):
         metrics = self.statistics(step.embeddings, step.features, gather=pl_module.all_gather)
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         metrics["lr/effective"] = lr / metrics["norm/mean"].clamp_min(1e-12) ** 2
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        step_values = {**metrics, "lr/base": torch.full((), self._lr, device=metrics["norm/mean"].device)}  # no host copy
+        pl_module.log("norm/mean", step_values.pop("norm/mean"), prog_bar=True, on_step=True, on_epoch=False)
+        pl_module.log_dict(step_values, on_step=True, on_epoch=False)
+        # statistics of the global batch, equal on every rank: sync_dist only averages equal values
+        pl_module.log_dict({f"{k}_epoch": v for k, v in metrics.items()}, on_step=False, on_epoch=True,
+                           batch_size=1, sync_dist=True)
 
     def statistics(self, embeddings: list[torch.Tensor], features: list[torch.Tensor], gather=None) -> dict[str, torch.Tensor]:
         """Norm statistics of one step's loss-space embeddings and features (global when ``gather``).

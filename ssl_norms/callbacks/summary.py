@@ -1,4 +1,4 @@
-"""RunSummary: a first-vs-last table and a PNG of norm and k-NN accuracy at the end of fit."""
+"""RunSummary: a first-vs-last table and a PNG of norm, k-NN, loss and lr at the end of fit."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 SUMMARY_KEYS = ("norm/mean", "knn/top1", "train/loss")
+HISTORY_KEYS = (*SUMMARY_KEYS, "lr/base")  # what the PNG draws when no metrics.csv is written
 
 
 class RunSummary(Callback):
-    """Keeps the last value of ``norm/mean``, ``knn/top1`` and ``train/loss`` at every epoch end,
+    """Keeps, at every epoch end, the epoch's value of ``norm/mean``, ``knn/top1``, ``train/loss``
+    and ``lr/base`` (the per-epoch aggregate ``<name>_epoch`` when logged, else the last value),
     prints the first and last epochs as a table when fit ends, and writes ``training_curves.png``
     into the run directory (the figure reads ``metrics.csv`` when a CSVLogger is attached)."""
 
@@ -22,9 +24,10 @@ class RunSummary(Callback):
         self.history: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics  # the epoch aggregates are computed by now
         row = {"epoch": float(trainer.current_epoch), "step": float(trainer.global_step)}
-        for key in SUMMARY_KEYS:
-            value = trainer.callback_metrics.get(key)
+        for key in HISTORY_KEYS:
+            value = metrics.get(f"{key}_epoch", metrics.get(key))
             row[key] = float(value) if value is not None else math.nan
         self.history.append(row)
 

@@ -186,6 +186,9 @@ class SSLMethod(L.LightningModule):
         self.check_views(batch["views"])
         step = self.ssl_step(batch["views"])
         self.log("train/loss", step.loss, prog_bar=True)
+        # the epoch's mean, a row per epoch whatever log_every_n_steps (one call with on_step and
+        # on_epoch would rename the per-step column train/loss_step)
+        self.log("train/loss_epoch", step.loss, on_step=False, on_epoch=True, batch_size=len(batch["views"][0]), sync_dist=True)
         return {"loss": step.loss, "ssl": step}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> EmbeddedBatch:
