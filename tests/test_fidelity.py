@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from conftest import REPO
+from ssl_norms.callbacks.global_batch import GlobalBatchLog, lr_text
 from ssl_norms.data import CIFAR10DataModule, SyntheticLatentClasses
 from ssl_norms.methods import SimCLR, SimSiam
 from test_sweep import fit_parser  # noqa: F401  (the real `ssl-norms fit` parser, a module-scoped fixture)
@@ -70,7 +72,7 @@ def schedule_of(parser, config: Path, steps: int):
     trainer = L.Trainer(
         max_epochs=fit.trainer.max_epochs, accumulate_grad_batches=fit.trainer.accumulate_grad_batches,
         limit_train_batches=fit.trainer.limit_train_batches, limit_val_batches=0, accelerator="cpu", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[record],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[record, GlobalBatchLog()],
     )
     trainer.fit(model, data)
     assert trainer.global_step == steps == len(record.lrs) and record.epochs[-1] == 1  # into the second epoch
@@ -85,8 +87,12 @@ def schedule_of(parser, config: Path, steps: int):
         ("simsiam_cifar10.yaml", 0.2, 10, 48, 0.04),            # 384 of 390 micro-batches / 8; 0.2^2
     ],
 )
-def test_as_run_lr_is_the_released_formula_step_by_step_and_at_epochs_100_and_500(fit_parser, config, lr, warmup, per_epoch, peak):
-    lrs, steps_per_epoch, scheduler, init = schedule_of(fit_parser, AS_RUN / config, steps=per_epoch + 8)
+def test_as_run_lr_is_the_released_formula_step_by_step_and_at_epochs_100_and_500(fit_parser, config, lr, warmup, per_epoch, peak, caplog):
+    with caplog.at_level(logging.INFO):
+        lrs, steps_per_epoch, scheduler, init = schedule_of(fit_parser, AS_RUN / config, steps=per_epoch + 8)
+    # the fit-start line states the peak the schedule applies, not the configured lr
+    stated = f"applied peaks {peak:g}, {lr:g} by parameter group" if config.startswith("simsiam") else f"applied peak {peak:g}"
+    assert f"lr {lr:g} as configured (never rescaled for the batch); {stated} (lr_schedule released_get_lr)" in caplog.text
     assert steps_per_epoch == per_epoch
     loader_len = 50_000 // {"simsiam_cifar10.yaml": 128}.get(config, 256)  # the released len(train_loader)
     expected = [released_lr(s, lr, loader_len, 512, warmup) for s in range(len(lrs))]
@@ -106,6 +112,28 @@ def test_as_run_lr_is_the_released_formula_step_by_step_and_at_epochs_100_and_50
         assert scheduler.lr_lambdas[0](500 * 48) * lr / peak == pytest.approx(0.965, abs=1e-3)
     else:
         assert init.lr_schedule == "released_get_lr" and init.schedule_epochs == 512
+
+
+def test_global_batch_log_states_the_peak_lr_each_schedule_applies(tmp_path):
+    """The peak read from the run's own scheduler: lr under warmup_cosine, lr**2 under released_get_lr,
+    lower than both when training stops inside the warmup; logged as scale/peak_lr."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ssl_norms.callbacks.global_batch import applied_peak_lrs
+
+    def peaks(schedule, epochs, **kwargs):
+        model = SimCLR(backbone="mlp", input_dim=8, mlp_hidden_dims=[8], projector_dims=[4], lr=0.5, warmup_epochs=2,
+                       lr_schedule=schedule, **kwargs)
+        data = SyntheticLatentClasses(train_samples=64, val_samples=16, num_classes=4, latent_dim=4, ambient_dim=8, batch_size=16)
+        trainer = L.Trainer(max_epochs=epochs, limit_val_batches=0, accelerator="cpu", logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[GlobalBatchLog()])
+        trainer.fit(model, data)  # 4 steps per epoch, warmup 8 steps
+        return applied_peak_lrs(trainer), trainer.logger.experiment.hparams["scale/peak_lr"]
+
+    assert peaks("warmup_cosine", 6) == ([pytest.approx(0.5)], pytest.approx(0.5))
+    assert peaks("released_get_lr", 6, min_lr=1e-3) == ([pytest.approx(0.25)], pytest.approx(0.25))
+    assert peaks("warmup_cosine", 1)[0] == [pytest.approx(0.5 * 3 / 8)]  # steps 0-3 of the 8-step warmup
+    assert lr_text(0.5, [0.25], "released_get_lr") == "lr 0.5 as configured (never rescaled for the batch); applied peak 0.25 (lr_schedule released_get_lr)"
 
 
 def test_summed_accumulation_gives_k_times_the_mean_gradient():
