@@ -13,7 +13,8 @@ Interventions, as in Draganov et al. 2025:
 
 * ``default``: the base config unchanged;
 * ``cut``: ``ssl_norms.callbacks.CutInit(c)`` with c = 3 for contrastive methods (SimCLR; also
-  IsoLoss and FroSSL here) and c = 9 for the non-contrastive SimSiam and BYOL (the paper's values);
+  IsoLoss and FroSSL here) and c = 9 for the non-contrastive SimSiam, BYOL and VICReg (the paper's
+  values);
 * ``gradscale``: ``ssl_norms.callbacks.GradScale(power=1)`` through the paper's preset
   ``configs/presets/gradscale_simclr.yaml`` (peak lr / 6, warmup 1/5 of training); the preset's
   absolute values (lr 0.05, 100 warmup epochs) are for SimCLR's 500-epoch runs, so the script
@@ -24,19 +25,21 @@ Data:
 * ``demo`` (default): ``configs/demo.yaml`` (SyntheticLatentClasses, MLP backbone; ~20-30 s per run
   at 10 epochs = 320 steps). Other methods swap the model class and use demo-sized heads; every
   method uses the demo's optimiser (SGD, peak lr 0.3, 1 warmup epoch, cosine) with its own config's
-  weight decay (SimCLR 1e-6, SimSiam 5e-4, BYOL/IsoLoss/FroSSL 1e-5).
+  weight decay (SimCLR 1e-6, SimSiam 5e-4, BYOL/IsoLoss/FroSSL 1e-5, VICReg 1e-4), except that
+  VICReg keeps its config's lr 0.01 (with SGD its loss diverges at 0.3).
 * ``cifar10``: the real CIFAR-10 copy under ``$SSL_NORMS_DATA`` with each method's
   ``configs/<method>/cifar10.yaml`` (paper heads and lr) shrunk for a CPU: ResNet-18 width 16,
   a seeded subset of ``--train-samples`` training images (the k-NN bank) and ``--val-samples`` test
   images, batch ``--batch-size``, no gradient accumulation, 1 warmup epoch.
 
-    python benchmarks/short_runs.py                                    # 5 methods x 3 interventions on demo
+    python benchmarks/short_runs.py                                    # 6 methods x 3 interventions on demo
     python benchmarks/short_runs.py --methods simclr simsiam --interventions default cut
     SSL_NORMS_DATA=/data python benchmarks/short_runs.py --data cifar10 --methods simclr simsiam --epochs 8
     python benchmarks/short_runs.py --report-only                      # re-print the table from --out
 
-Run dirs: ``<out>/<data>/<method>-<intervention>`` (default ``--out runs/short_runs``); an existing
-run dir made by this script is replaced. The subprocess output is kept in ``<run dir>/fit.log``.
+Each run gets ``<out>/<data>/<method>-<intervention>/`` (default ``--out runs/short_runs``), replaced
+when this script made it: the fit's run dir ``run/`` (which ``ssl-norms fit`` wants new or empty) and,
+beside it, the command, the subprocess output ``fit.log`` and the status.
 """
 
 from __future__ import annotations
@@ -53,17 +56,19 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("simclr", "simsiam", "byol", "isoloss", "frossl")
+METHODS = ("simclr", "simsiam", "byol", "isoloss", "frossl", "vicreg")
 INTERVENTIONS = ("default", "cut", "gradscale")
-CUT_C = {"simclr": 3, "simsiam": 9, "byol": 9, "isoloss": 3, "frossl": 3}  # paper: 3 contrastive, 9 non-contrastive
-CLASS_NAME = {"simclr": "SimCLR", "simsiam": "SimSiam", "byol": "BYOL", "isoloss": "IsoLoss", "frossl": "FroSSL"}
-# demo-sized heads (the MLP backbone gives 256-d features) and each method's config weight decay
+CUT_C = {"simclr": 3, "simsiam": 9, "byol": 9, "isoloss": 3, "frossl": 3, "vicreg": 9}  # paper: 3 contrastive, 9 non-contrastive
+CLASS_NAME = {"simclr": "SimCLR", "simsiam": "SimSiam", "byol": "BYOL", "isoloss": "IsoLoss", "frossl": "FroSSL", "vicreg": "VICReg"}
+# demo-sized heads (the MLP backbone gives 256-d features), each method's config weight decay, and
+# VICReg's own lr (configs/vicreg/cifar10.yaml: its loss diverges with SGD at the demo's 0.3)
 DEMO_MODEL = {
     "simclr": {},  # configs/demo.yaml as it is: projector 256-64, temperature 0.5, wd 1e-6
     "simsiam": {"projector_dims": [256, 256], "predictor_hidden_dims": [64], "weight_decay": 5e-4},
     "byol": {"projector_dims": [256, 256], "predictor_hidden_dims": [64], "weight_decay": 1e-5},
     "isoloss": {"projector_dims": [256, 64], "weight_decay": 1e-5},
     "frossl": {"projector_dims": [256, 256, 128], "weight_decay": 1e-5},
+    "vicreg": {"projector_dims": [256, 256, 256], "weight_decay": 1e-4, "lr": 0.01},
 }
 DEMO_LR = 0.3  # configs/demo.yaml
 MARKER = ".short_runs"  # marks run dirs this script may replace
@@ -84,7 +89,7 @@ def fit_arguments(args, method: str, intervention: str, run_dir: Path) -> list[s
             words += ["--model", f"ssl_norms.methods.{CLASS_NAME[method]}"]
         for key, value in DEMO_MODEL[method].items():
             words.append(f"--model.init_args.{key}={value}".replace(" ", ""))
-        lr = DEMO_LR
+        lr = DEMO_MODEL[method].get("lr", DEMO_LR)
     else:
         config = REPO / "configs" / method / "cifar10.yaml"
         words += ["--config", str(config)]
@@ -116,22 +121,22 @@ def fit_arguments(args, method: str, intervention: str, run_dir: Path) -> list[s
     return words
 
 
-def run(args, method: str, intervention: str, run_dir: Path) -> tuple[str, float]:
-    """Run one fit in a subprocess; returns (status, wall seconds)."""
-    if run_dir.exists():
-        if not (run_dir / MARKER).exists():
-            sys.exit(f"short_runs: {run_dir} exists and was not made by this script; choose another --out")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    (run_dir / MARKER).write_text("made by benchmarks/short_runs.py; replaced on the next run\n")
-    command = [sys.executable, "-m", "ssl_norms.cli", *fit_arguments(args, method, intervention, run_dir)]
-    (run_dir / "command.txt").write_text(" ".join(command) + "\n")
+def run(args, method: str, intervention: str, box: Path) -> tuple[str, float]:
+    """Run one fit in a subprocess, its run dir ``box/run``; returns (status, wall seconds)."""
+    if box.exists():
+        if not (box / MARKER).exists():
+            sys.exit(f"short_runs: {box} exists and was not made by this script; choose another --out")
+        shutil.rmtree(box)
+    box.mkdir(parents=True)
+    (box / MARKER).write_text("made by benchmarks/short_runs.py; replaced on the next run\n")
+    command = [sys.executable, "-m", "ssl_norms.cli", *fit_arguments(args, method, intervention, box / "run")]
+    (box / "command.txt").write_text(" ".join(command) + "\n")
     start = time.perf_counter()
-    with open(run_dir / "fit.log", "w") as log:
+    with open(box / "fit.log", "w") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
     seconds = time.perf_counter() - start
     status = {0: "ok", 3: "diverged"}.get(code, f"exit {code}")
-    (run_dir / "status.txt").write_text(f"{status} {seconds:.1f}\n")
+    (box / "status.txt").write_text(f"{status} {seconds:.1f}\n")
     return status, seconds
 
 
@@ -146,11 +151,11 @@ def epoch_means(metrics: Path, key: str) -> dict[int, float]:
     return {epoch: sum(v) / len(v) for epoch, v in values.items()}
 
 
-def summarise(run_dir: Path) -> dict[str, float | str]:
-    metrics = run_dir / "metrics.csv"
+def summarise(box: Path) -> dict[str, float | str]:
+    metrics = box / "run" / "metrics.csv"
     loss, norm, knn = (epoch_means(metrics, k) for k in ("train/loss", "norm/mean", "knn/top1"))
-    status_file = run_dir / "status.txt"
-    status, seconds = status_file.read_text().split() if status_file.exists() else ("missing", "nan")
+    status_file = box / "status.txt"
+    status, seconds = status_file.read_text().rsplit(maxsplit=1) if status_file.exists() else ("missing", "nan")
 
     def at(series: dict[int, float], last: bool) -> float:
         return series[max(series) if last else min(series)] if series else math.nan
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--interventions", nargs="+", choices=INTERVENTIONS, default=list(INTERVENTIONS))
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 10 on demo, 8 on cifar10)")
-    parser.add_argument("--out", type=Path, default=Path("runs/short_runs"), help="runs root; run dirs are OUT/<data>/<method>-<intervention>")
+    parser.add_argument("--out", type=Path, default=Path("runs/short_runs"), help="runs root; run dirs are OUT/<data>/<method>-<intervention>/run")
     parser.add_argument("--data", choices=("demo", "cifar10"), default="demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--width", type=int, default=16, help="cifar10: ResNet-18 width")
@@ -198,12 +203,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for method in args.methods:
         for intervention in args.interventions:
-            run_dir = out / f"{method}-{intervention}"
+            box = out / f"{method}-{intervention}"
             if not args.report_only:
                 print(f"short_runs: {method} {intervention} on {args.data} ({args.epochs} epochs) ...", end=" ", flush=True)
-                status, seconds = run(args, method, intervention, run_dir)
-                print(f"{status} in {seconds:.0f} s ({run_dir})", flush=True)
-            rows.append((method, intervention, summarise(run_dir)))
+                status, seconds = run(args, method, intervention, box)
+                print(f"{status} in {seconds:.0f} s ({box})", flush=True)
+            rows.append((method, intervention, summarise(box)))
     print()
     print(f"data={args.data} epochs={args.epochs} seed={args.seed} runs={out}")
     print(table(rows))

@@ -4,12 +4,16 @@ the recipe it states."""
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO
+from ssl_norms.data import SSLDataModule
+from ssl_norms.methods import SSLMethod
 from test_sweep import fit_parser  # noqa: F401  (the real `ssl-norms fit` parser, built once)
 
 CONFIGS = REPO / "configs"
+AS_RUN = CONFIGS / "paper" / "as_run"
 METHODS = sorted(p.parent.name for p in CONFIGS.glob("*/cifar10.yaml") if "model" in yaml.safe_load(p.read_text()))  # not data/
 
 
@@ -48,14 +52,34 @@ def test_composition_rules_hold_for_the_installed_jsonargparse(fit_parser, tmp_p
     assert chained.trainer.max_epochs == 7 and chained.model.init_args.lr == 0.5
     stacked = parse(fit_parser, "--config", own / "chained.yaml", "--data", own / "extra.yaml")
     assert stacked.data.init_args.extra_eval_sets == ["mnist_test"] and stacked.data.init_args.batch_size == 64
+    # a dotted class_path switches the dataset and keeps the other values (the as-run dataset configs)
+    (own / "switched.yaml").write_text("config: tweaked.yaml\ndata.class_path: ssl_norms.data.CIFAR100DataModule\n")
+    switched = parse(fit_parser, "--config", own / "switched.yaml")
+    assert switched.data.class_path == "ssl_norms.data.CIFAR100DataModule" and switched.data.init_args.num_workers == 5
+    # the two limits configs/README.md states: no append in a file, and a dotted key drops a block given by file
+    (own / "appended.yaml").write_text("config: tweaked.yaml\ntrainer.callbacks+:\n  - class_path: ssl_norms.callbacks.GradScale\n")
+    assert [c.class_path for c in parse(fit_parser, "--config", own / "appended.yaml").trainer.callbacks] == ["ssl_norms.callbacks.GradScale"]
+    (own / "cifar100.yaml").write_text("class_path: ssl_norms.data.CIFAR100DataModule\n")
+    (own / "dropped.yaml").write_text("config: tweaked.yaml\ndata: cifar100.yaml\ndata.init_args.batch_size: 64\n")
+    dropped = parse(fit_parser, "--config", own / "dropped.yaml")
+    assert dropped.data.class_path == "ssl_norms.data.CIFAR10DataModule" and dropped.data.init_args.batch_size == 64
 
 
 def test_every_config_starts_with_what_it_builds_on():
     """`config:` must come first: keys before it would be overwritten by the base."""
     for path in CONFIGS.rglob("*.yaml"):
         keys = list(yaml.safe_load(path.read_text()) or {})
-        if "config" in keys and path.parent.name != "paper":  # sweep files use `config` for their base configs
+        if "config" in keys and "name" not in keys:  # sweep files (a `name`) use `config` for their base configs
             assert keys[0] == "config", f"{path.relative_to(REPO)}: put `config:` first"
+
+
+def test_data_files_are_data_blocks():
+    """Every file of a data/ folder is a data block (for `--data FILE` and `data: FILE`), never a config."""
+    files = [*CONFIGS.glob("data/*.yaml"), *AS_RUN.glob("data/*.yaml")]
+    assert len(files) > 10
+    for path in files:
+        block = yaml.safe_load(path.read_text())
+        assert block and set(block) <= {"class_path", "init_args"}, f"{path.relative_to(REPO)}: a data block has class_path and/or init_args only"
 
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(CONFIGS) for p in CONFIGS.glob("*/*.yaml") if p.parent.name in METHODS), ids=str)
@@ -119,3 +143,79 @@ def test_configs_build_their_model_and_cifar100_mirrors_cifar10(fit_parser, meth
     assert model.hparams.lr == init_args["lr"]
     if method == "simsiam":
         assert cifar10.trainer.accumulate_grad_batches == 4 and init_args["weight_decay"] == 5e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# configs/paper/as_run/: the released code's regime, composed by the same rules
+# ---------------------------------------------------------------------------------------------
+
+AS_RUN_FITS = sorted(p.name for p in AS_RUN.glob("*.yaml") if "name" not in yaml.safe_load(p.read_text()))  # not the sweeps
+AS_RUN_DATASETS = ["cifar100", "cifar10_imbalanced", "cifar100_imbalanced", "flowers102", "imagenet100"]
+SIMSIAM_STEPS = {"cifar10_imbalanced": 112, "cifar100_imbalanced": 112, "flowers102": 48, "imagenet100": 984}  # 8 x floor(batches / 8)
+
+
+def clean_origin(path):
+    """The first config outside as_run/ on the chain of `config:` links from ``path``."""
+    while path.parent == AS_RUN:
+        path = (path.parent / yaml.safe_load(path.read_text())["config"]).resolve()
+    return path
+
+
+def test_every_as_run_config_is_listed():
+    methods = ["simclr", "simsiam", "byol", "isoloss", "frossl"]
+    expected = {f"{m}_cifar10.yaml" for m in methods} | {"simclr_cifar10_gradscale.yaml"}
+    expected |= {f"{m}_{d}.yaml" for m in ("simclr", "simsiam") for d in AS_RUN_DATASETS}
+    assert set(AS_RUN_FITS) == expected
+
+
+@pytest.mark.parametrize("name", AS_RUN_FITS)
+def test_as_run_configs_build_on_the_clean_config_and_change_only_what_differs(fit_parser, name):
+    """Each as-run config starts with `config:` and reaches the clean recipe of its method; every
+    other key changes its base's value (a key that repeats the base is noise); it keeps the shared
+    monitors, and its model, data module and callbacks instantiate."""
+    path = AS_RUN / name
+    spec = yaml.safe_load(path.read_text())
+    assert list(spec)[0] == "config", f"{name}: start with the config it departs from"
+    own = parse(fit_parser, "--config", path)
+    method = own.model.class_path.rsplit(".", 1)[1].lower()
+    assert clean_origin(path) == CONFIGS / method / "cifar10.yaml"
+    base = parse(fit_parser, "--config", path.parent / spec["config"])
+    for key in set(spec) - {"config"}:
+        assert key in own and (key not in base or own[key] != base[key]), f"{name}: {key} repeats its base's value"
+    monitors = yaml.safe_load((CONFIGS / "base.yaml").read_text())["trainer"]["callbacks"]
+    assert [c.class_path for c in own.trainer.callbacks[: len(monitors)]] == [c["class_path"] for c in monitors]
+    knn = own.trainer.callbacks[1].init_args
+    assert (knn.k, knn.temperature, knn.space) == (200, 0.1, "features")
+    cfg = fit_parser.parse_args(["fit", "--config", str(path)])
+    with torch.device("meta"):
+        init = fit_parser.instantiate(cfg).fit
+    assert isinstance(init.model, SSLMethod) and isinstance(init.data, SSLDataModule)
+    assert init.model.hparams.lr == own.model.init_args.lr
+
+
+@pytest.mark.parametrize("dataset", AS_RUN_DATASETS)
+@pytest.mark.parametrize("method", ["simclr", "simsiam"])
+def test_as_run_dataset_configs_are_the_cifar10_config_on_the_data_blocks(fit_parser, method, dataset):
+    """as_run/<method>_<dataset>.yaml = as_run/<method>_cifar10.yaml --data as_run/data/<dataset>.yaml,
+    plus the standard stem on 128 px images and, for SimSiam, the released loop's steps per epoch."""
+    cifar10 = parse(fit_parser, "--config", AS_RUN / f"{method}_cifar10.yaml")
+    stacked = parse(fit_parser, "--config", AS_RUN / f"{method}_cifar10.yaml", "--data", AS_RUN / "data" / f"{dataset}.yaml")
+    own = parse(fit_parser, "--config", AS_RUN / f"{method}_{dataset}.yaml")
+    assert own.data == stacked.data and own.seed_everything == stacked.seed_everything
+    changed = {k for k in vars(own.model.init_args) if own.model.init_args[k] != stacked.model.init_args[k]}
+    assert own.model.class_path == stacked.model.class_path and changed == ({"cifar_stem"} if dataset in ("flowers102", "imagenet100") else set())
+    steps = SIMSIAM_STEPS.get(dataset) if method == "simsiam" else None
+    trainer = {k for k in vars(own.trainer) if own.trainer[k] != stacked.trainer[k]}
+    assert trainer == ({"limit_train_batches"} if steps else set()) and own.trainer.limit_train_batches == (steps or cifar10.trainer.limit_train_batches)
+    # the data block keeps the CIFAR-10 config's batch and augmentation
+    for key in ("batch_size", "eval_batch_size", "color_jitter", "normalize", "min_scale"):
+        assert own.data.init_args[key] == cifar10.data.init_args[key], key
+
+
+@pytest.mark.parametrize("config", ["byol_cifar10.yaml", "simclr_cifar10_gradscale.yaml"])
+def test_as_run_data_blocks_stack_on_every_as_run_cifar10_config(fit_parser, config):
+    base = parse(fit_parser, "--config", AS_RUN / config)
+    for dataset in AS_RUN_DATASETS:
+        stacked = parse(fit_parser, "--config", AS_RUN / config, "--data", AS_RUN / "data" / f"{dataset}.yaml")
+        assert stacked.data.init_args.batch_size == base.data.init_args.batch_size and not stacked.data.init_args.normalize
+        assert stacked.data.init_args.color_jitter == "independent" and stacked.model == base.model and stacked.trainer == base.trainer

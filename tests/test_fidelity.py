@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from conftest import REPO
+from ssl_norms.callbacks.global_batch import GlobalBatchLog, lr_text
 from ssl_norms.data import CIFAR10DataModule, SyntheticLatentClasses
 from ssl_norms.methods import SimCLR, SimSiam
 from test_sweep import fit_parser  # noqa: F401  (the real `ssl-norms fit` parser, a module-scoped fixture)
@@ -70,7 +72,7 @@ def schedule_of(parser, config: Path, steps: int):
     trainer = L.Trainer(
         max_epochs=fit.trainer.max_epochs, accumulate_grad_batches=fit.trainer.accumulate_grad_batches,
         limit_train_batches=fit.trainer.limit_train_batches, limit_val_batches=0, accelerator="cpu", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[record],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[record, GlobalBatchLog()],
     )
     trainer.fit(model, data)
     assert trainer.global_step == steps == len(record.lrs) and record.epochs[-1] == 1  # into the second epoch
@@ -85,8 +87,12 @@ def schedule_of(parser, config: Path, steps: int):
         ("simsiam_cifar10.yaml", 0.2, 10, 48, 0.04),            # 384 of 390 micro-batches / 8; 0.2^2
     ],
 )
-def test_as_run_lr_is_the_released_formula_step_by_step_and_at_epochs_100_and_500(fit_parser, config, lr, warmup, per_epoch, peak):
-    lrs, steps_per_epoch, scheduler, init = schedule_of(fit_parser, AS_RUN / config, steps=per_epoch + 8)
+def test_as_run_lr_is_the_released_formula_step_by_step_and_at_epochs_100_and_500(fit_parser, config, lr, warmup, per_epoch, peak, caplog):
+    with caplog.at_level(logging.INFO):
+        lrs, steps_per_epoch, scheduler, init = schedule_of(fit_parser, AS_RUN / config, steps=per_epoch + 8)
+    # the fit-start line states the peak the schedule applies, not the configured lr
+    stated = f"applied peaks {peak:g}, {lr:g} by parameter group" if config.startswith("simsiam") else f"applied peak {peak:g}"
+    assert f"lr {lr:g} as configured (never rescaled for the batch); {stated} (lr_schedule released_get_lr)" in caplog.text
     assert steps_per_epoch == per_epoch
     loader_len = 50_000 // {"simsiam_cifar10.yaml": 128}.get(config, 256)  # the released len(train_loader)
     expected = [released_lr(s, lr, loader_len, 512, warmup) for s in range(len(lrs))]
@@ -106,6 +112,28 @@ def test_as_run_lr_is_the_released_formula_step_by_step_and_at_epochs_100_and_50
         assert scheduler.lr_lambdas[0](500 * 48) * lr / peak == pytest.approx(0.965, abs=1e-3)
     else:
         assert init.lr_schedule == "released_get_lr" and init.schedule_epochs == 512
+
+
+def test_global_batch_log_states_the_peak_lr_each_schedule_applies(tmp_path):
+    """The peak read from the run's own scheduler: lr under warmup_cosine, lr**2 under released_get_lr,
+    lower than both when training stops inside the warmup; logged as scale/peak_lr."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ssl_norms.callbacks.global_batch import applied_peak_lrs
+
+    def peaks(schedule, epochs, **kwargs):
+        model = SimCLR(backbone="mlp", input_dim=8, mlp_hidden_dims=[8], projector_dims=[4], lr=0.5, warmup_epochs=2,
+                       lr_schedule=schedule, **kwargs)
+        data = SyntheticLatentClasses(train_samples=64, val_samples=16, num_classes=4, latent_dim=4, ambient_dim=8, batch_size=16)
+        trainer = L.Trainer(max_epochs=epochs, limit_val_batches=0, accelerator="cpu", logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[GlobalBatchLog()])
+        trainer.fit(model, data)  # 4 steps per epoch, warmup 8 steps
+        return applied_peak_lrs(trainer), trainer.logger.experiment.hparams["scale/peak_lr"]
+
+    assert peaks("warmup_cosine", 6) == ([pytest.approx(0.5)], pytest.approx(0.5))
+    assert peaks("released_get_lr", 6, min_lr=1e-3) == ([pytest.approx(0.25)], pytest.approx(0.25))
+    assert peaks("warmup_cosine", 1)[0] == [pytest.approx(0.5 * 3 / 8)]  # steps 0-3 of the 8-step warmup
+    assert lr_text(0.5, [0.25], "released_get_lr") == "lr 0.5 as configured (never rescaled for the batch); applied peak 0.25 (lr_schedule released_get_lr)"
 
 
 def test_summed_accumulation_gives_k_times_the_mean_gradient():
@@ -141,7 +169,7 @@ def _initial_norm(parser, config: Path, images: torch.Tensor) -> float:
     model = SimCLR(**fit.model.init_args.as_dict()).train()
     x = CIFAR10DataModule(**fit.data.init_args.as_dict()).plain_transform()(images)
     with torch.no_grad():
-        return model.embed_features(model.backbone(x)).norm(dim=1).mean().item()
+        return model.embed(x)[1].norm(dim=1).mean().item()  # SimCLR's loss space: the projector output
 
 
 def test_simclr_as_run_head_starts_at_the_released_norm_scale(fit_parser, real_data_root):
@@ -187,15 +215,24 @@ def test_fidelity_md_lists_commands_for_every_artefact():
     assert "(FIDELITY.md)" in (REPO / "README.md").read_text()
 
 
+def parse_project_command(name: str, words: list[str]):
+    """``ssl-norms NAME WORDS`` parsed by the command's own parser (:mod:`ssl_norms.commands`), not run."""
+    import importlib
+
+    from ssl_norms import command_line
+    from ssl_norms.commands import COMMANDS
+
+    module, _, attribute = COMMANDS[name].target.partition(":")
+    target = getattr(importlib.import_module(module), attribute)
+    return command_line.build_parser(f"ssl-norms {name}", target, COMMANDS[name].help).parse_args(words)
+
+
 def test_every_fidelity_md_command_parses_and_instantiates(fit_parser, monkeypatch):
     """Commands run from the repository root; nothing is trained, written or downloaded."""
     import ast
-    import importlib
     import inspect
 
     from ssl_norms import analysis
-    from ssl_norms.command_line import build_parser
-    from ssl_norms.commands import COMMANDS
     from ssl_norms.sweep import sweep_points
     from test_sweep import check_point
 
@@ -223,9 +260,8 @@ def test_every_fidelity_md_command_parses_and_instantiates(fit_parser, monkeypat
                 if not keys <= seen:
                     check_point(fit_parser, point)
                     seen |= keys
-        else:  # simulate / analyze: the registered command's own parser
-            module, _, attribute = COMMANDS[kind].target.partition(":")
-            build_parser(f"ssl-norms {kind}", getattr(importlib.import_module(module), attribute), "").parse_args(rest)
+        else:  # simulate, analyze: option names, types and the simulation / analysis name
+            parse_project_command(kind, rest)
     for call in calls:  # Python calls: every keyword is an option of the analysis function
         node = ast.parse(call).body[0].value
         function = getattr(analysis, node.func.id)
