@@ -172,18 +172,24 @@ def _reason(lines: list[str], given: str) -> str:
     if not reasons:
         return " ".join(lines)
     expected = [m[1] for m in (re.fullmatch(r"Expected an? (.+)", line) for line in reasons) if m]
-    if len(expected) == len(reasons) > 1:  # a union of plain types: name them all
-        kinds = list(dict.fromkeys(_type_name(kind) for kind in expected))
-        return f"expected {' or '.join(kinds)}, got {given!r}"
+    if len(expected) == len(reasons) > 1:  # a union of plain types and choices: name them all
+        return f"expected {_union(expected)}, got {given!r}"
     concrete = [line for line in reasons if not line.startswith("Expected a path but")]
     return (concrete or reasons)[0]
 
 
-def _type_name(kind: str) -> str:
-    """``<class 'int'>`` -> ``int``; ``typing.Literal[64, '32']`` -> ``one of 64, '32'``."""
-    plain = re.fullmatch(r"<class '(?:.*\.)?([^.']+)'>", kind)
-    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", kind)
-    return plain[1] if plain else f"one of {literal[1]}" if literal else kind
+def _union(kinds: list[str]) -> str:
+    """``["<class 'bool'>", "<class 'int'>"]`` -> ``bool or int``; ``typing.Literal[...]`` choices
+    become one list: ``one of 64, '32', 'bf16'``."""
+    names, choices = [], []
+    for kind in kinds:
+        plain = re.fullmatch(r"<class '(?:.*\.)?([^.']+)'>", kind)
+        literal = re.fullmatch(r"typing\.Literal\[(.*)\]", kind)
+        if literal:
+            choices.append(literal[1])
+        else:
+            names.append(plain[1] if plain else kind)
+    return " or ".join(list(dict.fromkeys(names)) + ([f"one of {', '.join(choices)}"] if choices else []))
 
 
 def _class_problem(lines: list[str], option: str, given: str) -> str | None:

@@ -54,7 +54,6 @@ TIMEOUT_S = 240
 @dataclass(frozen=True)
 class Result:
     code: int
-    stdout: str
     stderr: str
 
 
@@ -140,16 +139,18 @@ class Runner:
     def __init__(self, pythonpath: Path = REPO, fork: bool = True) -> None:
         self.pythonpath, self.fork = Path(pythonpath), fork
         self._ids, self._lock, self._waiting = itertools.count(), threading.Lock(), {}
+        # read once: tests change os.environ (monkeypatch) while cases run in other threads
+        self._base_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SSL_NORMS_", "PYTEST_"))}
         if fork:
             self._server = subprocess.Popen([sys.executable, __file__, "--serve"], env=self.env(), text=True,
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             threading.Thread(target=self._read_answers, daemon=True).start()
 
     def env(self, extra: Mapping[str, str] = {}) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SSL_NORMS_", "PYTEST_"))}
-        env.update(PYTHONPATH=os.pathsep.join([str(self.pythonpath), str(TESTS)]), WANDB_MODE="offline",
-                   OMP_NUM_THREADS="1")
-        return {**env, **extra}
+        """The environment of every command: this one without SLURM and ssl-norms settings, the checkout
+        and ``tests/`` (for ``test_faults.Boom``) on the path, one thread."""
+        paths = os.pathsep.join([str(self.pythonpath), str(TESTS)])
+        return {**self._base_env, "PYTHONPATH": paths, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **extra}
 
     def _read_answers(self) -> None:
         for line in self._server.stdout:
@@ -165,7 +166,7 @@ class Runner:
         if not self.fork:
             done = subprocess.run([sys.executable, "-m", "ssl_norms.cli", *argv], cwd=cwd, env=env, text=True,
                                   capture_output=True, timeout=TIMEOUT_S, preexec_fn=lambda: limit_file_size(file_size_limit))
-            return Result(done.returncode, done.stdout, done.stderr)
+            return Result(done.returncode, done.stderr)
         with self._lock:
             ident = next(self._ids)
             slot = self._waiting[ident] = {"done": threading.Event()}
@@ -177,7 +178,7 @@ class Runner:
             os.kill(slot["pid"], signal.SIGKILL)
             slot["done"].wait(10)
             raise TimeoutError(f"ssl-norms {' '.join(argv)} ran longer than {TIMEOUT_S} s")
-        return Result(slot["code"], out.read_text(), err.read_text())
+        return Result(slot["code"], err.read_text())
 
     def close(self) -> None:
         if self.fork:
@@ -212,7 +213,7 @@ class Case:
     setup: Callable[[Place], None] | tuple = ()  # prepares the case folder: functions of it, or commands (argv tuples)
     writes: tuple[str, ...] = ()  # patterns of case-folder paths the command exists to write
     env: Mapping[str, str] = field(default_factory=dict)
-    check: Callable[[Path, Result], None] | None = None  # more about what a working command did
+    check: Callable[[Place, Result], None] | None = None  # more about what a working command did
     one_line: bool = True  # stderr is exactly the error line (False: only for SSL_NORMS_DEBUG)
     trains: bool = False  # fails once training runs: the warnings and notes printed while it ran are not counted
     file_size_limit: int | None = None  # RLIMIT_FSIZE in bytes: a write beyond it fails like a full disk
@@ -274,6 +275,17 @@ def cut_last_metrics_row(place: Place) -> None:
     path = place.work / "run" / "metrics.csv"
     complete, last = path.read_text().rstrip("\n").rsplit("\n", 1)
     path.write_text(f"{complete}\n{last[: len(last) // 2]}")
+
+
+def config_of_this_run(place: Place) -> None:
+    """A run's ``config.yaml`` names that run wherever it names one (a config written before run dirs
+    were left out of it names the run it was saved in, not this copy)."""
+    import yaml
+
+    path = place.work / "run" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    if config.get("run_dir"):
+        path.write_text(path.read_text().replace(config["run_dir"], str(place.work / "run")))
 
 
 def hostile_checkpoint(place: Place) -> None:
@@ -353,10 +365,12 @@ def new_run_from_scratch(place: Place, result: Result) -> None:
 
     (run,) = (place.work / "runs").glob("*/*")
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 8
-    assert "run_dir" not in last_start(run) or last_start(run)["checkpoint"] is None
+    assert last_start(run)["checkpoint"] is None
 
 
 DEMO = ("--config", "{repo}/configs/demo.yaml", *TINY_DEMO[2:])
+FROSSL = ("--model", "ssl_norms.methods.FroSSL", "--model.init_args.backbone", "mlp", "--model.init_args.input_dim", "64",
+          "--model.init_args.mlp_hidden_dims", "[256,256]")
 FIT_NEW = ("fit", *DEMO, "--run_dir", "{work}/new")
 RESUME = ("fit", *DEMO, "--run_dir", "{run}", "--ckpt_path", "last")
 IMAGES = ("--config", "{repo}/configs/simclr/cifar10.yaml", *TINY_RESNET, "--data.init_args.root", "{work}/images",
@@ -377,52 +391,59 @@ READS_CKPT = {
 }
 
 CASES = [
-    # ---- damaged checkpoints
+    # ---- damaged checkpoints: refused in one line, nothing written
     *[Case(f"{kind}-checkpoint-{command}", argv, says=f"{BAD_CKPT} is not a readable checkpoint", setup=setup)
       for kind, setup in DAMAGED.items() for command, argv in READS_CKPT.items()],
-    Case("resume-from-an-unreadable-last-ckpt", RESUME, says="--ckpt_path last: no readable checkpoint in {run}: {run}/checkpoints/last.ckpt is not a readable",
-         setup=write("run/checkpoints/last.ckpt", "text\n")),
+    Case("resume-from-an-unreadable-last-ckpt", RESUME, setup=write("run/checkpoints/last.ckpt", "text\n"),
+         says="--ckpt_path last: no readable checkpoint in {run}: {run}/checkpoints/last.ckpt is not a readable checkpoint"),
     Case("validate-a-run-with-an-unreadable-checkpoint", ("validate", *DEMO, "--run_dir", "{run}"),
-         says="--run_dir {run}: no readable checkpoint in {run}: {run}/checkpoints/last.ckpt is not a readable",
+         says="--run_dir {run}: no readable checkpoint in {run}: {run}/checkpoints/last.ckpt is not a readable checkpoint",
          setup=write("run/checkpoints/last.ckpt", b"")),
-    Case("fit-from-a-missing-checkpoint", ("fit", *DEMO, "--run_dir", "{work}/new", "--ckpt_path", "{work}/missing.ckpt"),
+    Case("fit-from-a-missing-checkpoint", (*FIT_NEW, "--ckpt_path", "{work}/missing.ckpt"),
          says="no checkpoint file at {work}/missing.ckpt"),
-    Case("validate-a-run-dir-as-checkpoint", ("validate", *DEMO, "--ckpt_path", "{run}"), says="a directory: pass a .ckpt file"),
+    Case("validate-a-run-dir-as-checkpoint", ("validate", *DEMO, "--ckpt_path", "{run}"),
+         says="no checkpoint file at {run} (a directory: pass a .ckpt file in it)"),
+    Case("hostile-checkpoint-validate", ("validate", *DEMO, "--ckpt_path", "{run}/checkpoints/hostile.ckpt"),
+         says="refusing to load {run}/checkpoints/hostile.ckpt: it holds posix.system", setup=hostile_checkpoint),
+    Case("hostile-checkpoint-analyze", ("analyze", "knn_by_norm", "--ckpt", "{run}/checkpoints/hostile.ckpt"),
+         says="refusing to load {run}/checkpoints/hostile.ckpt: it holds posix.system", setup=hostile_checkpoint),
     Case("analyze-missing-checkpoint", ("analyze", "knn_by_norm", "--ckpt", "{run}/checkpoints/missing.ckpt"),
          says="{run}/checkpoints/missing.ckpt"),
     Case("analyze-run-dir-as-checkpoint", ("analyze", "knn_by_norm", "--ckpt", "{run}"), says="{run}"),
-    Case("analyze-unknown-analysis", ("analyze", "fig99"), says="fig99"),
     Case("analyze-garbage-metrics", ("analyze", "curves", "--runs", "{run}"), says="{run}/metrics.csv",
          setup=write("run/metrics.csv", "\x00\x01garbage\n1,2\n")),
+    Case("analyze-unknown-analysis", ("analyze", "fig99"), says="invalid choice: 'fig99' (choose from 'novelty'"),
     # ---- run directories
     Case("run-dir-is-a-file", ("fit", *DEMO, "--run_dir", "{work}/notes.txt"), says="--run_dir {work}/notes.txt is a file",
          setup=write("notes.txt", "mine")),
-    Case("run-dir-under-a-file", ("fit", *DEMO, "--run_dir", "{work}/notes.txt/run"), says="cannot create {work}/notes.txt/run",
-         setup=write("notes.txt", "mine")),
-    Case("run-dir-under-a-read-only-parent", ("fit", *DEMO, "--run_dir", "{read_only}/run"), says="cannot create {read_only}/run"),
+    Case("run-dir-under-a-file", ("fit", *DEMO, "--run_dir", "{work}/notes.txt/run"),
+         says="cannot create {work}/notes.txt/run: Not a directory", setup=write("notes.txt", "mine")),
+    Case("run-dir-under-a-read-only-parent", ("fit", *DEMO, "--run_dir", "{read_only}/run"), says="cannot create {read_only}/run: "),
     Case("run-dir-under-a-missing-parent", ("fit", *DEMO, "--run_dir", "{work}/a/b/run", "--trainer.max_epochs", "1"), code=0,
          writes=("a", "a/*")),
-    Case("run-dir-is-a-foreign-folder", ("fit", *DEMO, "--run_dir", "{work}/foreign"), says="is not empty and is not a run directory",
-         setup=write("foreign/thesis.tex", "mine")),
-    Case("fresh-fit-into-a-finished-run", ("fit", *DEMO, "--run_dir", "{run}"), says="{run} already holds a run with checkpoints"),
+    Case("run-dir-is-a-foreign-folder", ("fit", *DEMO, "--run_dir", "{work}/foreign"), setup=write("foreign/thesis.tex", "mine"),
+         says="{work}/foreign is not empty and is not a run directory"),
+    Case("fresh-fit-into-a-finished-run", ("fit", *DEMO, "--run_dir", "{run}"),
+         says="{run} already holds a run with checkpoints; a new fit would overwrite it"),
     Case("fit-into-a-run-from-another-checkpoint", ("fit", *DEMO, "--run_dir", "{run}", "--ckpt_path", "{work}/other.ckpt"),
          says="a fit from {work}/other.ckpt would overwrite it", setup=copy("run/checkpoints/last.ckpt", "other.ckpt")),
     Case("second-fit-on-a-locked-run", RESUME, says="{run} is in use by another fit", setup=live_lock),
     Case("garbage-lock-file", RESUME, says="{run}/run.lock is not a lock file", setup=write("run/run.lock", "\x00")),
-    Case("validate-a-missing-run-dir", ("validate", *DEMO, "--run_dir", "{work}/nothing"), says="--run_dir {work}/nothing: no such directory"),
+    Case("validate-a-missing-run-dir", ("validate", *DEMO, "--run_dir", "{work}/nothing"),
+         says="--run_dir {work}/nothing: no such directory"),
     Case("validate-an-empty-run-dir", ("validate", *DEMO, "--run_dir", "{work}/empty"), says="no checkpoint in {work}/empty",
          setup=lambda place: (place.work / "empty").mkdir()),
     Case("resume-last-without-runs", ("fit", *DEMO, "--ckpt_path", "last"), says="--ckpt_path last: no run with a checkpoint"),
     Case("validate-last-without-runs", ("validate", *DEMO, "--ckpt_path", "last"), says="--ckpt_path last: no run with a checkpoint"),
-    # ---- evaluating and reusing a finished run: a new folder, the run byte-identical
+    # ---- using a finished run: evaluations in a new folder, a reused config starts a new run, resumes continue it
     Case("validate-a-finished-run", ("validate", *DEMO, "--run_dir", "{run}", "--ckpt_path", "last"), code=0, writes=("run/validate-*",)),
     Case("test-a-finished-run", ("test", *DEMO, "--run_dir", "{run}", "--ckpt_path", "last"), code=0, writes=("run/test-*",)),
     Case("predict-a-finished-run", ("predict", *DEMO, "--run_dir", "{run}"), code=0, writes=("run/predict-*",)),
-    Case("validate-with-the-runs-config", ("validate", "--config", "{run}/config.yaml"), code=0, writes=("runs", "runs/*")),
+    Case("validate-with-the-runs-config", ("validate", "--config", "{run}/config.yaml"), code=0, writes=("runs", "runs/*"),
+         setup=config_of_this_run),
     Case("fit-with-the-runs-config", ("fit", "--config", "{run}/config.yaml", "--model.init_args.lr", "0.1", "--trainer.max_epochs", "1"),
-         code=0, writes=("runs", "runs/*"), check=new_run_from_scratch),
-    Case("resume-a-finished-run", (*RESUME, "--trainer.max_epochs", "3"), code=0, writes=("run/*",),
-         check=continued_in_one_file("run")),
+         code=0, writes=("runs", "runs/*"), setup=config_of_this_run, check=new_run_from_scratch),
+    Case("resume-a-finished-run", (*RESUME, "--trainer.max_epochs", "3"), code=0, writes=("run/*",), check=continued_in_one_file("run")),
     Case("resume-a-copied-run", ("fit", *DEMO, "--run_dir", "{work}/copy", "--ckpt_path", "last", "--trainer.max_epochs", "3"), code=0,
          setup=lambda place: shutil.copytree(place.work / "run", place.work / "copy"), writes=("copy/*",),
          check=continued_in_one_file("copy")),
@@ -430,47 +451,43 @@ CASES = [
          writes=("run/*",), check=rows_complete),
     Case("resume-takes-over-a-dead-fits-lock", (*RESUME, "--trainer.max_epochs", "3"), code=0, setup=dead_lock, writes=("run/*",),
          check=says_on_stderr("taking over the lock of {run}")),
-    # ---- the resume policy
-    Case("resume-with-another-projector", (*RESUME, "--model.init_args.projector_dims", "[128,64]"),
-         says="projector_dims [256, 64] -> [128, 64]"),
-    Case("resume-with-another-method", (*RESUME, "--model", "ssl_norms.methods.FroSSL", "--model.init_args.backbone", "mlp",
-                                        "--model.init_args.input_dim", "64", "--model.init_args.mlp_hidden_dims", "[256,256]"),
-         says="method SimCLR -> FroSSL"),
-    Case("validate-with-another-projector", ("validate", *DEMO, "--run_dir", "{run}", "--model.init_args.projector_dims", "[128,64]"),
-         says="projector_dims [256, 64] -> [128, 64]"),
     Case("resume-with-another-lr", (*RESUME, "--trainer.max_epochs", "3", "--model.init_args.lr", "0.05"), code=0, writes=("run/*",),
          check=lr_applied),
-    Case("fit-from-a-checkpoint-of-another-method",
-         (*FIT_NEW, "--ckpt_path", CKPT, "--model", "ssl_norms.methods.FroSSL", "--model.init_args.backbone", "mlp",
-          "--model.init_args.input_dim", "64", "--model.init_args.mlp_hidden_dims", "[256,256]"), says="method SimCLR -> FroSSL"),
-    Case("hostile-checkpoint-validate", ("validate", *DEMO, "--ckpt_path", "{run}/checkpoints/hostile.ckpt"),
-         says="refusing to load {run}/checkpoints/hostile.ckpt: it holds posix.system", setup=hostile_checkpoint),
-    Case("hostile-checkpoint-analyze", ("analyze", "knn_by_norm", "--ckpt", "{run}/checkpoints/hostile.ckpt"),
-         says="refusing to load {run}/checkpoints/hostile.ckpt: it holds posix.system", setup=hostile_checkpoint),
+    # ---- the resume policy: another model is refused before anything is written
+    Case("resume-with-another-projector", (*RESUME, "--model.init_args.projector_dims", "[128,64]"),
+         says="holds another model than the config asks for: projector_dims [256, 64] -> [128, 64]"),
+    Case("resume-with-another-method", (*RESUME, *FROSSL), says="holds another model than the config asks for: method SimCLR -> FroSSL"),
+    Case("fit-from-a-checkpoint-of-another-method", (*FIT_NEW, "--ckpt_path", CKPT, *FROSSL), says="method SimCLR -> FroSSL"),
+    Case("validate-with-another-projector", ("validate", *DEMO, "--run_dir", "{run}", "--model.init_args.projector_dims", "[128,64]"),
+         says="projector_dims [256, 64] -> [128, 64]"),
     Case("resume-with-a-garbage-metrics-file", (*RESUME, "--trainer.max_epochs", "3"), says="{run}/metrics.csv is not a metrics log",
          setup=write("run/metrics.csv", "\x00\x01garbage\n1,2\n")),
+    Case("resume-with-max-epochs--1", (*RESUME, "--trainer.max_epochs", "-1"), says="--trainer.max_epochs -1: give a number of epochs"),
     # ---- trainer settings, refused before anything is built or written
-    *[Case(f"trainer-{option}-{value}", (*FIT_NEW, f"--trainer.{option}", value), says=f"--trainer.{option} {value}")
-      for option, value in [("max_epochs", "-1"), ("max_epochs", "-5"), ("max_steps", "-5"), ("devices", "0"), ("devices", "-2"),
-                            ("accumulate_grad_batches", "0"), ("accelerator", "gpu"), ("check_val_every_n_epoch", "0"),
-                            ("num_nodes", "0")]],
-    Case("trainer-strategy-nonsense", (*FIT_NEW, "--trainer.strategy", "nonsense"), says="--trainer: You selected an invalid strategy"),
-    Case("trainer-devices--1-on-cpu", (*FIT_NEW, "--trainer.devices", "-1"), says="--trainer: "),
-    Case("resume-with-max-epochs--1", (*RESUME, "--trainer.max_epochs", "-1"), says="--trainer.max_epochs -1"),
-    Case("trainer-precision-3", (*FIT_NEW, "--trainer.precision", "3"), says="--trainer.precision"),
-    Case("trainer-option-typo", (*FIT_NEW, "--trainer.max_epohcs", "3"), says="Trainer has no option 'max_epohcs' (did you mean 'max_epochs'?)"),
+    *[Case(f"trainer-{option}-{value}", (*FIT_NEW, f"--trainer.{option}", value), says=f"--trainer.{option} {value}: {says}")
+      for option, value, says in [
+          ("max_epochs", "-1", "give a number of epochs >= 0 (-1, no limit, only with --trainer.max_steps N"),
+          ("max_epochs", "-5", "give a number of epochs >= 0"),
+          ("max_steps", "-5", "give a number of steps >= 0, or -1 for no limit"),
+          ("devices", "0", "give a number of devices >= 1"),
+          ("devices", "-2", "give a number of devices >= 1"),
+          ("accumulate_grad_batches", "0", "give a positive whole number"),
+          ("check_val_every_n_epoch", "0", "give a positive whole number"),
+          ("num_nodes", "0", "give a positive whole number"),
+          ("accelerator", "gpu", "no GPU is visible here")]],
+    Case("trainer-devices--1-on-cpu", (*FIT_NEW, "--trainer.devices", "-1"),
+         says="--trainer: `devices` selected with `CPUAccelerator` should be an int > 0"),
+    Case("trainer-strategy-nonsense", (*FIT_NEW, "--trainer.strategy", "nonsense"),
+         says="--trainer: You selected an invalid strategy name: `strategy='nonsense'`"),
+    Case("trainer-precision-3", (*FIT_NEW, "--trainer.precision", "3"), says="--trainer.precision: expected one of 64, 32, 16, "),
+    Case("trainer-option-typo", (*FIT_NEW, "--trainer.max_epohcs", "3"),
+         says="Trainer has no option 'max_epohcs' (did you mean 'max_epochs'?)"),
+    Case("max-epochs-not-a-number", (*FIT_NEW, "--trainer.max_epochs", "x"), says="--trainer.max_epochs: Expected a <class 'int'>"),
     Case("seed-not-a-number", (*FIT_NEW, "--seed_everything", "abc"), says="--seed_everything: expected bool or int, got 'abc'"),
-    # ---- config files and options
-    Case("unknown-callback-class", (*FIT_NEW, "--trainer.callbacks+=ssl_norms.callbacks.NoSuchMonitor"),
-         says="ssl_norms.callbacks.NoSuchMonitor does not exist; the project's callbacks: CutInit, EmbeddingNormMonitor, GradScale"),
-    Case("not-a-callback-class", (*FIT_NEW, "--trainer.callbacks+=ssl_norms.methods.SimCLR"),
-         says="--trainer.callbacks: ssl_norms.methods.SimCLR is not one of the classes it takes; the project's callbacks: CutInit"),
-    Case("gradscale-power-nan", (*FIT_NEW, '--trainer.callbacks+={{"class_path": "ssl_norms.callbacks.GradScale", "init_args": {{"power": NaN}}}}'),
-         says="--trainer.callbacks: GradScale power: Expected a <class 'float'>. Got value: NaN"),
-    Case("gradscale-power-not-a-number", (*FIT_NEW, "--trainer.callbacks+=ssl_norms.callbacks.GradScale", "--trainer.callbacks.power", "abc"),
-         says="power: Expected a <class 'float'>. Got value: abc"),
+    # ---- config files
     Case("empty-config-file", ("fit", "--config", "{work}/empty.yaml"), says="{work}/empty.yaml is empty", setup=write("empty.yaml", "")),
-    Case("config-yaml-syntax-error", ("fit", "--config", "{work}/broken.yaml"), says="{work}/broken.yaml, line 4: YAML syntax error: expected ',' or ']', but got '<stream end>' (in a flow sequence from line 3)",
+    Case("config-yaml-syntax-error", ("fit", "--config", "{work}/broken.yaml"),
+         says="{work}/broken.yaml, line 4: YAML syntax error: expected ',' or ']', but got '<stream end>' (in a flow sequence from line 3)",
          setup=write("broken.yaml", "model:\n  class_path: ssl_norms.methods.SimCLR\n  init_args: {{lr: [0.1\n")),
     Case("config-file-is-a-list", ("fit", "--config", "{work}/list.yaml"), says="{work}/list.yaml must be a mapping of options, got a list",
          setup=write("list.yaml", "- 1\n- 2\n")),
@@ -480,32 +497,58 @@ CASES = [
     Case("missing-base-config", ("fit", "--config", "{work}/child.yaml"), says="{work}/child.yaml: config: base.yaml: no such file",
          setup=write("child.yaml", "config: base.yaml\ntrainer.max_epochs: 1\n")),
     Case("missing-data-file", (*FIT_NEW, "--data", "{work}/nope.yaml"), says="--data {work}/nope.yaml: no such file"),
-    Case("data-file-syntax-error", (*FIT_NEW, "--data", "{work}/data.yaml"), says="{work}/data.yaml, line 2: YAML syntax error",
+    Case("data-file-syntax-error", (*FIT_NEW, "--data", "{work}/data.yaml"),
+         says="{work}/data.yaml, line 2: YAML syntax error: mapping values are not allowed here",
          setup=write("data.yaml", "init_args:\n  batch_size: 8: 9\n")),
-    Case("unknown-top-level-key", ("fit", *DEMO, "--config", "{work}/extra.yaml"), says="foo", setup=write("extra.yaml", "foo: 1\n")),
-    Case("method-option-typo", (*FIT_NEW, "--model.init_args.temprature", "0.3"),
-         says="SimCLR has no option 'temprature' (did you mean 'temperature'?)"),
-    Case("data-option-typo", (*FIT_NEW, "--data.init_args.batchsize", "8"),
-         says="SyntheticLatentClasses has no option 'batchsize' (did you mean 'batch_size'?)"),
-    Case("data-file-as-config", ("fit", "--config", "{repo}/configs/data/cifar10.yaml"), says="{repo}/configs/data/cifar10.yaml is a data block, not a config: pass it with --data {repo}/configs/data/cifar10.yaml"),
+    Case("data-file-as-config", ("fit", "--config", "{repo}/configs/data/cifar10.yaml"),
+         says="{repo}/configs/data/cifar10.yaml is a data block, not a config: pass it with --data {repo}/configs/data/cifar10.yaml"),
     Case("data-file-stacked-as-config", ("fit", "--config", "{repo}/configs/simclr/cifar10.yaml", "--config",
-                                         "{repo}/configs/data/cifar100.yaml"), says="--data {repo}/configs/data/cifar100.yaml"),
-    Case("unknown-method", (*FIT_NEW, "--model", "NoSuchMethod"), says="known: BYOL, FroSSL, IsoLoss, SimCLR, SimSiam"),
-    Case("unknown-data", (*FIT_NEW, "--data", "NoSuchData"), says="known: CIFAR100DataModule"),
-    Case("negative-lr", (*FIT_NEW, "--model.init_args.lr", "-1"), says="lr must be"),
-    Case("zero-temperature", (*FIT_NEW, "--model.init_args.temperature", "0"), says="temperature must be > 0"),
+                                         "{repo}/configs/data/cifar100.yaml"),
+         says="{repo}/configs/data/cifar100.yaml is a data block, not a config: pass it with --data {repo}/configs/data/cifar100.yaml"),
+    Case("unknown-top-level-key", ("fit", *DEMO, "--config", "{work}/extra.yaml"), says="does not accept option 'foo'",
+         setup=write("extra.yaml", "foo: 1\n")),
+    # ---- classes and their options
+    Case("unknown-method", (*FIT_NEW, "--model", "NoSuchMethod"),
+         says="--model: NoSuchMethod does not exist; known: BYOL, FroSSL, IsoLoss, SimCLR, SimSiam"),
+    Case("unknown-data", (*FIT_NEW, "--data", "NoSuchData"), says="--data: NoSuchData does not exist; known: CIFAR100DataModule"),
+    Case("unknown-callback-class", (*FIT_NEW, "--trainer.callbacks+=ssl_norms.callbacks.NoSuchMonitor"),
+         says="ssl_norms.callbacks.NoSuchMonitor does not exist; the project's callbacks: CutInit, EmbeddingNormMonitor, GradScale"),
+    Case("not-a-callback-class", (*FIT_NEW, "--trainer.callbacks+=ssl_norms.methods.SimCLR"),
+         says="--trainer.callbacks: ssl_norms.methods.SimCLR is not one of the classes it takes; the project's callbacks: CutInit"),
+    Case("method-option-typo", (*FIT_NEW, "--model.init_args.temprature", "0.3"),
+         says="--model: SimCLR has no option 'temprature' (did you mean 'temperature'?)"),
+    Case("data-option-typo", (*FIT_NEW, "--data.init_args.batchsize", "8"),
+         says="--data: SyntheticLatentClasses has no option 'batchsize' (did you mean 'batch_size'?)"),
+    Case("gradscale-power-nan", (*FIT_NEW, '--trainer.callbacks+={{"class_path": "ssl_norms.callbacks.GradScale", '
+                                           '"init_args": {{"power": NaN}}}}'),
+         says="--trainer.callbacks: GradScale power: Expected a <class 'float'>. Got value: NaN"),
+    Case("gradscale-power-not-a-number", (*FIT_NEW, "--trainer.callbacks+=ssl_norms.callbacks.GradScale", "--trainer.callbacks.power",
+                                          "abc"), says="--trainer.callbacks: GradScale power: Expected a <class 'float'>. Got value: abc"),
     Case("temperature-not-a-number", (*FIT_NEW, "--model.init_args.temperature", "abc"),
          says="--model.init_args.temperature: Expected a <class 'float'>. Got value: abc"),
-    Case("max-epochs-not-a-number", (*FIT_NEW, "--trainer.max_epochs", "x"), says="--trainer.max_epochs: Expected a <class 'int'>"),
-    Case("batch-larger-than-the-data", (*FIT_NEW, "--data.init_args.batch_size", "100000"), says="lower --data.init_args.batch_size"),
-    Case("batch-size-zero", (*FIT_NEW, "--data.init_args.batch_size", "0"), says="batch_size"),
-    Case("zero-size-projector", (*FIT_NEW, "--model.init_args.projector_dims", "[0]"), says="projector_dims"),
-    Case("negative-num-workers", (*FIT_NEW, "--data.init_args.num_workers", "-1"), says="num_workers"),
-    Case("three-views-for-simclr", ("fit", *IMAGES, "--data.init_args.num_views", "3", "--run_dir", "{work}/new"), says="got 3",
-         setup=images),
-    # ---- other commands
+    Case("negative-lr", (*FIT_NEW, "--model.init_args.lr", "-1"), says="lr must be a finite number >= 0, got -1.0"),
+    Case("zero-temperature", (*FIT_NEW, "--model.init_args.temperature", "0"), says="temperature must be > 0, got 0.0"),
+    Case("zero-size-projector", (*FIT_NEW, "--model.init_args.projector_dims", "[0]"),
+         says="projector_dims must list layer widths >= 1, got [0]"),
+    Case("batch-larger-than-the-data", (*FIT_NEW, "--data.init_args.batch_size", "100000"),
+         says="the training set has 512 samples, fewer than batch_size=100000: lower --data.init_args.batch_size"),
+    Case("batch-size-zero", (*FIT_NEW, "--data.init_args.batch_size", "0"), says="batch_size and eval_batch_size must be >= 1"),
+    Case("negative-num-workers", (*FIT_NEW, "--data.init_args.num_workers", "-1"), says="num_workers >= 0"),
+    Case("three-views-for-simclr", ("fit", *IMAGES, "--data.init_args.num_views", "3", "--run_dir", "{work}/new"), setup=images,
+         says="SimCLR uses exactly 2 views, got 3: set --data.init_args.num_views 2"),
+    Case("vit-on-32-px-images", ("fit", *IMAGES, "--model.init_args.backbone", "vit_tiny_patch16_224", "--run_dir", "{work}/new"),
+         says="vit_tiny_patch16_224", setup=images),
+    Case("missing-data-root", ("fit", "--config", "{repo}/configs/simclr/cifar10.yaml", "--data.init_args.root", "{work}/nowhere"),
+         says="{work}/nowhere (searched cifar-10-batches-py/ and {{cifar10-jpg,cifar10,.}}/{{train,test}}/<class>/); set the root "
+              "with --data.init_args.root or $SSL_NORMS_DATA, or pass --data.init_args.download true"),
+    # ---- working commands that must say something
     Case("warmup-longer-than-training", (*FIT_NEW, "--trainer.max_epochs", "1", "--model.init_args.warmup_epochs", "5"), code=0,
          writes=("new", "new/*"), check=says_on_stderr("warmup_epochs 5 is longer than training")),
+    Case("single-class-data", (*FIT_NEW, "--data.init_args.num_classes", "1", "--data.init_args.class_weights", "null",
+                               "--trainer.max_epochs", "1"), code=0, writes=("new", "new/*"), check=says_on_stderr("k-NN")),
+    Case("damaged-decoded-image-cache", ("fit", *IMAGES, "--run_dir", "{work}/second"), code=0,
+         setup=(images, ("fit", *IMAGES, "--run_dir", "{work}/first"), damage_caches), writes=("second", "second/*"),
+         check=says_on_stderr("the decoded-image cache {work}/cache/", "is unreadable", "rebuilding it")),
     # ---- faults while running
     Case("internal-fault", (*FIT_NEW, "--trainer.callbacks+=test_faults.Boom"), code=1,
          says="ssl-norms: internal error: RuntimeError: boom (SSL_NORMS_DEBUG=1 for the traceback)"),
@@ -516,35 +559,24 @@ CASES = [
          writes=("run/metrics.csv", "run/run_record.yaml", "run/config.yaml", "run/hparams.yaml")),
     Case("non-finite-loss", (*FIT_NEW, "--model.init_args.lr", "1e30", "--model.init_args.warmup_epochs", "0"), code=3, trains=True,
          says="non-finite loss (nan) at global step 1", writes=("new", "new/*")),
-    Case("damaged-decoded-image-cache", ("fit", *IMAGES, "--run_dir", "{work}/second"), code=0,
-         setup=(images, ("fit", *IMAGES, "--run_dir", "{work}/first"), damage_caches), writes=("second", "second/*"),
-         check=says_on_stderr("the decoded-image cache {work}/cache/", "is unreadable", "rebuilding it")),
-    Case("single-class-data", (*FIT_NEW, "--data.init_args.num_classes", "1", "--data.init_args.class_weights", "null",
-                               "--trainer.max_epochs", "1"), code=0, writes=("new", "new/*"), check=says_on_stderr("k-NN")),
-    # ---- other commands
-    Case("sweep-point-with-a-bad-fit-argument", ("sweep", "{work}/sweep.yaml", "--index", "0", "--", "--trainer.max_epochs", "-5"),
-         says="--trainer.max_epochs -5", setup=write("sweep.yaml", SWEEP)),
-    Case("unknown-command", ("trian",), says="unknown command 'trian'; commands: fit, validate"),
-    Case("sweep-reversed-index-range", ("sweep", "{work}/sweep.yaml", "--index", "1-0"), says="a range runs from low to high",
+    # ---- the other commands
+    Case("unknown-command", ("trian",), says="unknown command 'trian'; commands: fit, validate, test, predict, sweep"),
+    Case("sweep-reversed-index-range", ("sweep", "{work}/sweep.yaml", "--index", "1-0"), says="--index 1-0: a range runs from low to high",
          setup=write("sweep.yaml", SWEEP)),
-    Case("sweep-index-out-of-range", ("sweep", "{work}/sweep.yaml", "--index", "7"), says="out of range",
-         setup=write("sweep.yaml", SWEEP)),
+    Case("sweep-index-out-of-range", ("sweep", "{work}/sweep.yaml", "--index", "7"), setup=write("sweep.yaml", SWEEP),
+         says="--index 7 is out of range: the sweep has 2 points (0-1)"),
     Case("sweep-label-dot-dot", ("sweep", "{work}/sweep.yaml", "--list"), says="label '..' must name one directory",
          setup=write("sweep.yaml", "name: s\nconfig: {repo}/configs/demo.yaml\npoints:\n  - {{label: '..', model.init_args.lr: 0.1}}\n")),
-    Case("missing-sweep-file", ("sweep", "{work}/nope.yaml", "--list"), says="{work}/nope.yaml does not exist"),
+    Case("missing-sweep-file", ("sweep", "{work}/nope.yaml", "--list"), says="sweep file {work}/nope.yaml does not exist"),
+    Case("sweep-point-with-a-bad-fit-argument", ("sweep", "{work}/sweep.yaml", "--index", "0", "--", "--trainer.max_epochs", "-5"),
+         says="--trainer.max_epochs -5: give a number of epochs", setup=write("sweep.yaml", SWEEP)),
     Case("simulate-negative-num-pairs", ("simulate", "fig2a", "--num_pairs", "-5"), says="--num_pairs"),
     Case("simulate-nan-lr", ("simulate", "fig2a", "--lr", "nan"), says="--lr"),
     Case("simulate-zero-dim", ("simulate", "theory_checks", "--dim", "0"), says="--dim"),
-    Case("simulate-unknown", ("simulate", "fig9"), says="fig9"),
-    Case("simulate-num-pairs-not-a-number", ("simulate", "fig2a", "--num_pairs", "abc"), says="--num_pairs"),
-    # ---- data
-    Case("missing-data-root", ("fit", "--config", "{repo}/configs/simclr/cifar10.yaml", "--data.init_args.root", "{work}/nowhere"),
-         says="{work}/nowhere (searched cifar-10-batches-py/ and {{cifar10-jpg,cifar10,.}}/{{train,test}}/<class>/); set the root "
-              "with --data.init_args.root or $SSL_NORMS_DATA, or pass --data.init_args.download true"),
-    Case("vit-on-32-px-images", ("fit", *IMAGES, "--model.init_args.backbone", "vit_tiny_patch16_224", "--run_dir", "{work}/new"),
-         says="vit_tiny_patch16_224", setup=images),
+    Case("simulate-num-pairs-not-a-number", ("simulate", "fig2a", "--num_pairs", "abc"),
+         says="--num_pairs: Expected a <class 'int'>. Got value: abc"),
+    Case("simulate-unknown", ("simulate", "fig9"), says="invalid choice: 'fig9' (choose from 'fig2a'"),
 ]
-
 
 
 # ---- running a case ------------------------------------------------------------------------------
@@ -624,8 +656,8 @@ def verdict(outcome: Outcome) -> tuple[str, str]:
         try:
             if case.check is not None:
                 case.check(outcome.place, result)
-        except AssertionError as err:
-            return "silent-wrong", f"check failed: {err}; {seen}"
+        except Exception as err:  # noqa: BLE001  (a check that finds nothing to check fails too)
+            return "silent-wrong", f"check failed: {type(err).__name__}: {err}; {seen}"
         return "clean", ""
     problems = [f"exit {result.code}, expected {case.code}"] if result.code != case.code else []
     if outcome.expected_line() not in result.stderr:

@@ -1,0 +1,81 @@
+"""The fault suite's cases (tests/test_faults.py) against two checkouts: what a user saw before and after.
+
+    python benchmarks/fault_table.py --before OLD_CHECKOUT [--after NEW_CHECKOUT] [--skip CASE ...] [--only TEXT]
+
+Each side builds its own finished run with its own code and runs every case in a copy of it, as the
+test does; the verdicts are those of ``test_faults.verdict`` (clean, data-lost, traceback,
+silent-wrong, noisy, misleading). ``--skip`` names cases whose command line means something else
+in the old checkout (shown as n/a); ``--clear`` names cases whose old one-line message, though not
+the new wording the case expects, says what is wrong (shown as clean*). Prints a Markdown table and
+the count of each verdict per side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests")]
+
+from test_faults import CASES, DEMO, Place, Runner, run_case, verdict  # noqa: E402
+
+
+def verdicts(checkout: Path, names: list[str], root: Path, workers: int) -> dict[str, tuple[str, str]]:
+    """``{case name: (verdict, stderr's last line)}`` of ``checkout``."""
+    root.mkdir(parents=True)
+    runner = Runner(checkout)
+    try:
+        place = Place(root, checkout)
+        finished = root / "finished"
+        built = runner.run(["fit", *map(place.format, DEMO), "--run_dir", str(finished), "--trainer.enable_progress_bar", "false"],
+                           root, {"SSL_NORMS_RUNS": str(root / "runs")})
+        assert built.code == 0, built.stderr[-3000:]
+        cases = [case for case in CASES if case.name in names]
+        with ThreadPoolExecutor(workers) as pool:
+            outcomes = pool.map(lambda i_case: run_case(runner, i_case[1], finished, root / f"{i_case[0]:03d}"), enumerate(cases))
+            return {outcome.case.name: (verdict(outcome)[0], _said(outcome)) for outcome in outcomes}
+    finally:
+        runner.close()
+
+
+def _said(outcome) -> str:
+    """The last stderr line, the case folder written as ``<case>``, cut at 120 characters."""
+    last = next((line for line in reversed(outcome.lines) if line.strip()), "").replace(str(outcome.place.work), "<case>")
+    return (last[:117] + "...") if len(last) > 120 else last
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", type=Path, required=True)
+    parser.add_argument("--after", type=Path, default=REPO)
+    parser.add_argument("--skip", nargs="*", default=[], help="cases that do not apply to the old checkout")
+    parser.add_argument("--clear", nargs="*", default=[], help="cases whose old message is clear in other words")
+    parser.add_argument("--only", default="", help="cases whose name contains this text")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    names = [case.name for case in CASES if args.only in case.name]
+    root = Path(tempfile.mkdtemp(prefix="fault-table-"))
+    with ThreadPoolExecutor(2) as sides:
+        before = sides.submit(verdicts, args.before, [n for n in names if n not in args.skip], root / "before", args.workers)
+        after = sides.submit(verdicts, args.after, names, root / "after", args.workers)
+        before, after = before.result(), after.result()
+    for name in args.clear:
+        if before.get(name, ("",))[0] == "misleading":
+            before[name] = ("clean*", before[name][1])
+    print("| case | before | after | before: stderr's last line |")
+    print("|---|---|---|---|")
+    for name in names:
+        old, said = before.get(name, ("n/a", ""))
+        print(f"| {name} | {old} | {after[name][0]} | {said.replace('|', '/')} |")
+    for side, results in (("before", before), ("after", after)):
+        counts = Counter(label for label, _ in results.values())
+        print(f"\n{side}: {len(results)} cases: " + ", ".join(f"{label} {count}" for label, count in counts.most_common()))
+
+
+if __name__ == "__main__":
+    main()
