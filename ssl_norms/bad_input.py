@@ -163,8 +163,11 @@ def one_line_error(message: str) -> str:
     keys = list(dict.fromkeys(re.findall(r'Parser key "([^"]+)"', text)))
     option = keys[0] if keys else ""
     given = next((line.partition(":")[2].strip() for line in lines if line.startswith("Given value:")), "")
+    problem = _class_problem(lines, option, given)
+    if problem:
+        return problem
     reason = _reason(lines, given)
-    return _class_problem(lines, option, given) or (f"--{option}: {reason}" if option else reason)
+    return f"--{option}: {reason}" if option else reason
 
 
 def _reason(lines: list[str], given: str) -> str:
@@ -175,7 +178,13 @@ def _reason(lines: list[str], given: str) -> str:
     if len(expected) == len(reasons) > 1:  # a union of plain types and choices: name them all
         return f"expected {_union(expected)}, got {given!r}"
     concrete = [line for line in reasons if not line.startswith("Expected a path but")]
-    return (concrete or reasons)[0]
+    return _finite((concrete or reasons)[0])
+
+
+def _finite(reason: str) -> str:
+    """jsonargparse refuses nan and inf as "Expected a <class 'float'>": say what is wrong with them."""
+    match = re.fullmatch(r"Expected a <class 'float'>\. Got value: ([+-]?(?:nan|inf|infinity))", reason, re.IGNORECASE)
+    return f"expected a finite number, got {match[1]}" if match else reason
 
 
 def _union(kinds: list[str]) -> str:
@@ -205,24 +214,26 @@ def _class_problem(lines: list[str], option: str, given: str) -> str | None:
         name = class_path.rsplit(".", 1)[-1]
         unknown = re.fullmatch(r"Option '([^']+)' is not accepted", detail)
         if unknown:
-            return f"--{option}: {_no_option(name, unknown[1], _options_of(_import(class_path)), f'--{option}.help {name}')}"
+            options = _options_of(_import(class_path))
+            return f"--{option}: {_no_option(name, unknown[1], options, f'its options: --{option}.help {name}')}"
         if any(mark in detail for mark in _MISSING_CLASS):
             return f"--{option}: {class_path} does not exist{_known_choices(option)}"
         key = re.fullmatch(r'Parser key "([^"]+)":', detail)
         if key and i + 2 < len(lines) and option in ("model", "data"):
-            return f"--{option}.init_args.{key[1]}: {lines[i + 2]}"
+            return f"--{option}.init_args.{key[1]}: {_finite(lines[i + 2])}"
         if key and i + 2 < len(lines):
-            return f"--{option}: {name} {key[1]}: {lines[i + 2]}"
+            return f"--{option}: {name} {key[1]}: {_finite(lines[i + 2])}"
         return f"--{option}: {name}: {detail}"
     if any(line.startswith("Import path does not correspond to a subclass") for line in lines):
         return f"--{option}: {given} is not one of the classes it takes{_known_choices(option)}"
     return None
 
 
-def _no_option(owner: str, option: str, options: list[str], help_flag: str) -> str:
+def _no_option(owner: str, option: str, options: list[str], otherwise: str = "") -> str:
+    """``owner has no option 'x' (did you mean 'y'?)``, the closest of ``options`` (else ``otherwise``)."""
     close = difflib.get_close_matches(option, options, n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"see `ssl-norms fit {help_flag}`"
-    return f"{owner} has no option '{option}' ({hint})"
+    hint = f"did you mean '{close[0]}'?" if close else otherwise
+    return f"{owner} has no option '{option}'" + (f" ({hint})" if hint else "")
 
 
 def _options_of(cls: Any) -> list[str]:
@@ -243,7 +254,7 @@ def _one_liner(line: str) -> str:
         from lightning.pytorch import Trainer
 
         options = [name for name in inspect.signature(Trainer.__init__).parameters if name != "self"]
-        return _no_option("Trainer", match[1], options, "--help")
+        return _no_option("Trainer", match[1], options)
     return line
 
 
