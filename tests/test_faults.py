@@ -374,7 +374,7 @@ FROSSL = ("--model", "ssl_norms.methods.FroSSL", "--model.init_args.backbone", "
 FIT_NEW = ("fit", *DEMO, "--run_dir", "{work}/new")
 RESUME = ("fit", *DEMO, "--run_dir", "{run}", "--ckpt_path", "last")
 IMAGES = ("--config", "{repo}/configs/simclr/cifar10.yaml", *TINY_RESNET, "--data.init_args.root", "{work}/images",
-          "--data.init_args.batch_size", "8", "--trainer.max_epochs", "1")
+          "--data.init_args.batch_size", "8", "--trainer.max_epochs", "1", "--model.init_args.warmup_epochs", "0")
 CKPT = "{run}/checkpoints/last.ckpt"
 SWEEP = "name: s\nconfig: {repo}/configs/demo.yaml\ngrid:\n  model.init_args.lr: [0.1, 0.2]\n"
 DAMAGED = {
@@ -409,8 +409,9 @@ CASES = [
          says="refusing to load {run}/checkpoints/hostile.ckpt: it holds posix.system", setup=hostile_checkpoint),
     Case("analyze-missing-checkpoint", ("analyze", "knn_by_norm", "--ckpt", "{run}/checkpoints/missing.ckpt"),
          says="{run}/checkpoints/missing.ckpt"),
-    Case("analyze-run-dir-as-checkpoint", ("analyze", "knn_by_norm", "--ckpt", "{run}"), says="{run}"),
-    Case("analyze-garbage-metrics", ("analyze", "curves", "--runs", "{run}"), says="{run}/metrics.csv",
+    Case("analyze-run-dir-as-checkpoint", ("analyze", "knn_by_norm", "--ckpt", "{run}"), code=0, writes=("run/analyze-*",),
+         check=says_on_stderr("analyzing {run}/checkpoints/last.ckpt (global step 16)")),
+    Case("analyze-garbage-metrics", ("analyze", "curves", "--runs", "{run}"), says="{run}/metrics.csv", writes=("run/analyze-*",),
          setup=write("run/metrics.csv", "\x00\x01garbage\n1,2\n")),
     Case("analyze-unknown-analysis", ("analyze", "fig99"), says="invalid choice: 'fig99' (choose from 'novelty'"),
     # ---- run directories
@@ -537,7 +538,8 @@ CASES = [
     Case("three-views-for-simclr", ("fit", *IMAGES, "--data.init_args.num_views", "3", "--run_dir", "{work}/new"), setup=images,
          says="SimCLR uses exactly 2 views, got 3: set --data.init_args.num_views 2"),
     Case("vit-on-32-px-images", ("fit", *IMAGES, "--model.init_args.backbone", "vit_tiny_patch16_224", "--run_dir", "{work}/new"),
-         says="vit_tiny_patch16_224", setup=images),
+         trains=True, writes=("new", "new/*"), setup=images,  # found at the first forward pass
+         says="backbone vit_tiny_patch16_224 takes 224x224 images, got 32x32"),
     Case("missing-data-root", ("fit", "--config", "{repo}/configs/simclr/cifar10.yaml", "--data.init_args.root", "{work}/nowhere"),
          says="{work}/nowhere (searched cifar-10-batches-py/ and {{cifar10-jpg,cifar10,.}}/{{train,test}}/<class>/); set the root "
               "with --data.init_args.root or $SSL_NORMS_DATA, or pass --data.init_args.download true"),
