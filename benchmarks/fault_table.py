@@ -1,13 +1,13 @@
 """The fault suite's cases (tests/test_faults.py) against two checkouts: what a user saw before and after.
 
-    python benchmarks/fault_table.py --before OLD_CHECKOUT [--after NEW_CHECKOUT] [--skip CASE ...] [--only TEXT]
+    python benchmarks/fault_table.py --before OLD_CHECKOUT [--after CHECKOUT ...] [--skip CASE ...] [--only TEXT]
 
 Each side builds its own finished run with its own code and runs every case in a copy of it, as the
 test does; the verdicts are those of ``test_faults.verdict`` (clean, data-lost, traceback,
 silent-wrong, noisy, misleading). ``--skip`` names cases whose command line means something else
 in the old checkout (shown as n/a); ``--clear`` names cases whose old one-line message, though not
-the new wording the case expects, says what is wrong (shown as clean*). Prints a Markdown table and
-the count of each verdict per side.
+the new wording the case expects, says what is wrong (shown as clean*). Prints a Markdown table (one
+column per checkout) and the count of each verdict per checkout.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _said(outcome) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, required=True)
-    parser.add_argument("--after", type=Path, default=REPO)
+    parser.add_argument("--after", type=Path, nargs="+", default=[REPO])
     parser.add_argument("--skip", nargs="*", default=[], help="cases that do not apply to the old checkout")
     parser.add_argument("--clear", nargs="*", default=[], help="cases whose old message is clear in other words")
     parser.add_argument("--only", default="", help="cases whose name contains this text")
@@ -60,21 +60,23 @@ def main() -> None:
     args = parser.parse_args()
     names = [case.name for case in CASES if args.only in case.name]
     root = Path(tempfile.mkdtemp(prefix="fault-table-"))
-    with ThreadPoolExecutor(2) as sides:
-        before = sides.submit(verdicts, args.before, [n for n in names if n not in args.skip], root / "before", args.workers)
-        after = sides.submit(verdicts, args.after, names, root / "after", args.workers)
-        before, after = before.result(), after.result()
+    sides = [("before", args.before), *((f"after ({path.name})", path) for path in args.after)]
+    with ThreadPoolExecutor(len(sides)) as pool:
+        futures = [pool.submit(verdicts, path, [n for n in names if i or n not in args.skip], root / str(i), args.workers)
+                   for i, (_, path) in enumerate(sides)]
+        results = [future.result() for future in futures]
+    before = results[0]
     for name in args.clear:
         if before.get(name, ("",))[0] == "misleading":
             before[name] = ("clean*", before[name][1])
-    print("| case | before | after | before: stderr's last line |")
-    print("|---|---|---|---|")
+    print(f"| case | {' | '.join(label for label, _ in sides)} | before: stderr's last line |")
+    print("|---" * (len(sides) + 2) + "|")
     for name in names:
-        old, said = before.get(name, ("n/a", ""))
-        print(f"| {name} | {old} | {after[name][0]} | {said.replace('|', '/')} |")
-    for side, results in (("before", before), ("after", after)):
-        counts = Counter(label for label, _ in results.values())
-        print(f"\n{side}: {len(results)} cases: " + ", ".join(f"{label} {count}" for label, count in counts.most_common()))
+        cells = [result.get(name, ("n/a", ""))[0] for result in results]
+        print(f"| {name} | {' | '.join(cells)} | {before.get(name, ('', ''))[1].replace('|', '/')} |")
+    for (label, _), result in zip(sides, results):
+        counts = Counter(verdict for verdict, _ in result.values())
+        print(f"\n{label}: {len(result)} cases: " + ", ".join(f"{verdict} {count}" for verdict, count in counts.most_common()))
 
 
 if __name__ == "__main__":

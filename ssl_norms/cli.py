@@ -13,6 +13,10 @@ What may change on resume: :mod:`ssl_norms.resume`. In short:
   run's newest checkpoint.
 * ``run_dir`` and ``ckpt_path`` are taken from the command line only: ``config.yaml`` does not store
   them, and values in a ``--config`` file are ignored with a note, so a reused config starts a new run.
+* Config files and trainer settings are checked first (:mod:`ssl_norms.bad_input`), then the run dir
+  and checkpoint; ``run_record.yaml``, ``config.yaml`` and the notes are written when the run starts
+  (RecordStart, SaveRunConfig). A command that fails before leaves every run as it was, and any
+  failure is one line on stderr (:func:`main`).
 
 Every fit also gets, unless configured: ModelCheckpoint (``checkpoints/last.ckpt`` only, replaced
 atomically), the NonFiniteGuard, GlobalBatchLog (global batch and lr stated at fit start, lr never
@@ -114,8 +118,9 @@ class SaveRunConfig(RunStart, SaveConfigCallback):
 
 
 class SSLNormsCLI(LightningCLI):
-    """LightningCLI with the run rules of :mod:`ssl_norms.runs`. ``cleanup`` releases the run lock
-    when the command ends, whichever way it ends."""
+    """LightningCLI with the run rules of :mod:`ssl_norms.runs`. ``cleanup`` releases the run lock,
+    drops notes never shown and removes the folders the command made and left empty, when the command
+    ends, whichever way it ends."""
 
     def __init__(self, *args: Any, cleanup: ExitStack, **kwargs: Any) -> None:
         self.cleanup = cleanup

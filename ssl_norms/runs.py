@@ -16,7 +16,8 @@ A run directory holds one training run: ``metrics.csv``, ``config.yaml``, ``hpar
   interrupted save or a full disk leaves the previous file intact, and are read as plain data only
   (``torch.load(weights_only=True)``): a checkpoint cannot run code.
 * ``run_record.yaml`` lists every start of the run: command, time, host, the checkpoint and step it
-  continued from, and the settings it changed (see :mod:`ssl_norms.resume`).
+  continued from, and the settings it changed (see :mod:`ssl_norms.resume`). An entry is written when
+  the run starts (:class:`RecordStart`), so a command refused before leaves none.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ folder of its own holding a copy of one finished run (``run/``), and checks
 
 * the exit code: 2 for bad input, 1 for an internal fault or a failed write, 3 for a non-finite loss,
   0 where the command is meant to work;
-* stderr: exactly the one line ``ssl-norms: error: ...`` (nothing filtered) naming the problem;
+* stderr: exactly one line, ``ssl-norms: error: ...`` (``internal error`` for a fault in the code)
+  naming the problem. Nothing is filtered, except in the few cases that fail once training runs
+  (``Case.trains``: a full disk, a non-finite loss, a ViT fed the wrong size): there the warnings and
+  notes printed while it trained are not counted, and the error must be the only line left;
 * the SHA-256 of every file and the set of folders of the case folder: unchanged, except what the
   command exists to write (``Case.writes``). The decoded-image cache is not run data and may change.
 
