@@ -3,12 +3,15 @@ tests/test_faults.py."""
 
 from __future__ import annotations
 
+import errno
 
 import pytest
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from conftest import REPO, TINY_DEMO, TINY_RESNET, metric_values, read_metrics_csv
-from ssl_norms.cli import main
+from ssl_norms.callbacks import NonFiniteLossError
+from ssl_norms.cli import failure, main
 
 NORM_KEYS = ["norm/mean", "norm/std", "norm/min", "norm/max", "norm/q50", "features/norm_mean", "lr/effective", "pairs/opposite_rate"]
 
@@ -67,6 +70,19 @@ def test_bf16_mixed_precision_fit(tmp_path):
     run_dir = tmp_path / "bf16"
     main(["fit", *TINY_DEMO, "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--run_dir", str(run_dir)])
     assert all(torch.isfinite(torch.tensor(metric_values(run_dir / "metrics.csv", "train/loss"))))
+
+
+@pytest.mark.parametrize("error, code, line", [
+    (ValueError("lr must be >= 0"), 2, "ssl-norms: error: lr must be >= 0"),
+    (MisconfigurationException("`max_epochs` must be >= -1"), 2, "ssl-norms: error: `max_epochs` must be >= -1"),
+    (NonFiniteLossError("non-finite loss (nan)"), 3, "ssl-norms: error: non-finite loss (nan)"),
+    (OSError(errno.ENOSPC, "No space left on device", "run/metrics.csv"), 1, "ssl-norms: error: run/metrics.csv: No space left on device"),
+    (RuntimeError("CUDA error: device-side assert\ntriggered"), 1,
+     "ssl-norms: internal error: RuntimeError: CUDA error: device-side assert (SSL_NORMS_DEBUG=1 for the traceback)"),
+    (KeyboardInterrupt(), 130, "ssl-norms: interrupted"),
+])
+def test_every_failure_is_one_line_with_its_exit_code(error, code, line):
+    assert failure(error, "fit") == (code, line)
 
 
 def test_unknown_command_lists_the_commands(capsys):
