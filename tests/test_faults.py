@@ -645,8 +645,9 @@ def run_case(runner: Runner, case: Case, finished: Path, work: Path) -> Outcome:
 def verdict(outcome: Outcome) -> tuple[str, str]:
     """What a user saw, and why: ``clean`` (what the case expects), ``data-lost`` (a file of the case
     folder changed or vanished), ``traceback``, ``silent-wrong`` (exit 0 instead of an error, or a
-    working command that did something else), ``noisy`` (the right error among other stderr lines)
-    or ``misleading`` (one line, but another exit code or message, or stray files)."""
+    working command that did something else), ``noisy`` (the error among other stderr lines) or
+    ``misleading`` (one line, but another exit code or message, stray files, or a refusal of what
+    should work)."""
     case, result = outcome.case, outcome.result
     seen = f"exit {result.code}, stderr {outcome.lines[-3:]}"
     if outcome.lost:
@@ -655,8 +656,10 @@ def verdict(outcome: Outcome) -> tuple[str, str]:
         return "traceback", seen
     if case.code != 0 and result.code == 0:
         return "silent-wrong", f"no error; {seen}"
+    if case.code == 0 and result.code != 0:  # refused what should work
+        return ("misleading" if len(outcome.lines) == 1 else "noisy"), f"failed; {seen}"
     if case.code == 0:
-        if result.code != 0 or outcome.unexpected:
+        if outcome.unexpected:
             return "silent-wrong", f"wrote {outcome.unexpected[:5]}; {seen}"
         try:
             if case.check is not None:
