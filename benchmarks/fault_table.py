@@ -59,10 +59,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     names = [case.name for case in CASES if args.only in case.name]
-    root = Path(tempfile.mkdtemp(prefix="fault-table-"))
     sides = [("before", args.before), *((f"after ({path.name})", path) for path in args.after)]
-    with ThreadPoolExecutor(len(sides)) as pool:
-        futures = [pool.submit(verdicts, path, [n for n in names if i or n not in args.skip], root / str(i), args.workers)
+    with tempfile.TemporaryDirectory(prefix="fault-table-") as root, ThreadPoolExecutor(len(sides)) as pool:
+        futures = [pool.submit(verdicts, path, [n for n in names if i or n not in args.skip], Path(root) / str(i), args.workers)
                    for i, (_, path) in enumerate(sides)]
         results = [future.result() for future in futures]
     before = results[0]

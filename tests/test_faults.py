@@ -713,8 +713,10 @@ def outcomes(request, runner, finished, tmp_path_factory) -> dict[str, Future]:
 def test_fault(case, outcomes):
     if case.name == "trainer-accelerator-gpu" and _cuda_available():
         pytest.skip("a GPU is visible")
-    label, why = verdict(outcomes[case.name].result(TIMEOUT_S))
+    outcome = outcomes[case.name].result(TIMEOUT_S)
+    label, why = verdict(outcome)
     assert label == "clean", f"{label}: {why}"
+    shutil.rmtree(outcome.place.work, ignore_errors=True)  # a failing case's folder stays for a look
 
 
 def test_the_cases_are_many_and_distinct():
