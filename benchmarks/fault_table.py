@@ -1,4 +1,4 @@
-"""The fault suite's cases (tests/test_faults.py) against two checkouts: what a user saw before and after.
+"""The fault suite's cases (tests/test_faults.py) against an old checkout and new ones: what a user saw in each.
 
     python benchmarks/fault_table.py --before OLD_CHECKOUT [--after CHECKOUT ...] [--skip CASE ...] [--only TEXT]
 
