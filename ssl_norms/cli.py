@@ -13,6 +13,10 @@ What may change on resume: :mod:`ssl_norms.resume`. In short:
   run's newest checkpoint.
 * ``run_dir`` and ``ckpt_path`` are taken from the command line only: ``config.yaml`` does not store
   them, and values in a ``--config`` file are ignored with a note, so a reused config starts a new run.
+* Config files and trainer settings are checked first (:mod:`ssl_norms.bad_input`), then the run dir
+  and checkpoint; ``run_record.yaml``, ``config.yaml`` and the notes are written when the run starts
+  (RecordStart, SaveRunConfig). A command that fails before leaves every run as it was, and any
+  failure is one line on stderr (:func:`main`).
 
 Every fit also gets, unless configured: ModelCheckpoint (``checkpoints/last.ckpt`` only, replaced
 atomically), the NonFiniteGuard, GlobalBatchLog (global batch and lr stated at fit start, lr never
@@ -22,9 +26,10 @@ of an uninterrupted one) and a CSVLogger (``metrics.csv``, kept across resumes) 
 
 from __future__ import annotations
 
+import logging
 import os
-import re
 import sys
+import warnings
 from argparse import ArgumentError
 from contextlib import ExitStack
 from pathlib import Path
@@ -32,12 +37,14 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import ssl_norms.callbacks  # noqa: F401  (makes callback class names resolvable in YAML)
+from ssl_norms.bad_input import UsageError, check_config_files, check_trainer, one_line_error
 from ssl_norms.callbacks import NonFiniteGuard, NonFiniteLossError
 from ssl_norms.callbacks.global_batch import GlobalBatchLog
 from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
@@ -46,17 +53,13 @@ from ssl_norms.data import SSLDataModule
 from ssl_norms.methods import SSLMethod
 from ssl_norms.resume import ApplyResumeChanges, check_parameters, compare_with_checkpoint, describe_changes
 from ssl_norms.runs import (
-    CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, AtomicCheckpointIO, CheckpointSaveError, acquire_lock, create_unique_dir,
-    evaluation_target, experiment_name, fit_checkpoint, fit_run_dir, is_first_process, make_dir, note, record_start,
-    runs_root, timestamp,
+    CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, AtomicCheckpointIO, CheckpointSaveError, RecordStart, RunStart, acquire_lock,
+    create_unique_dir, drop_held_notes, evaluation_target, experiment_name, fit_checkpoint, fit_run_dir, hold_notes,
+    is_first_process, make_dir, missing_dirs, note, remove_empty_dirs, runs_root, timestamp,
 )
 
 CSV_LOGGER = "ssl_norms.loggers.CSVLogger"
 RUN_ARGS = ("run_dir", "ckpt_path")  # read from the command line only (module docstring)
-
-
-class UsageError(ValueError):
-    """A bad command line or config; printed as one line."""
 
 
 def command_line_run_args(words: list[str]) -> dict[str, str | None]:
@@ -97,19 +100,27 @@ def _configure_logger(logger: Namespace, run_dir: Path, cfg: Namespace) -> Names
     return logger
 
 
-class SaveRunConfig(SaveConfigCallback):
+class SaveRunConfig(RunStart, SaveConfigCallback):
     """``config.yaml`` without ``run_dir`` and ``ckpt_path`` (``run_record.yaml`` keeps them): reusing
-    a run's config starts a new run."""
+    a run's config starts a new run. Written when the run starts, not at ``setup``: a command that
+    fails before (data, optimizer, checkpoint) leaves the run's config as it was."""
 
     def __init__(self, parser: Any, config: Namespace, *args: Any, **kwargs: Any) -> None:
         config = config.clone()
         config.run_dir = config.ckpt_path = None
         super().__init__(parser, config, *args, **kwargs)
 
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        self._stage = stage  # saved at start()
+
+    def start(self, trainer: Trainer) -> None:
+        SaveConfigCallback.setup(self, trainer, trainer.lightning_module, self._stage)  # Lightning's save, now
+
 
 class SSLNormsCLI(LightningCLI):
-    """LightningCLI with the run rules of :mod:`ssl_norms.runs`. ``cleanup`` releases the run lock
-    when the command ends, whichever way it ends."""
+    """LightningCLI with the run rules of :mod:`ssl_norms.runs`. ``cleanup`` releases the run lock,
+    drops notes never shown and removes the folders the command made and left empty, when the command
+    ends, whichever way it ends."""
 
     def __init__(self, *args: Any, cleanup: ExitStack, **kwargs: Any) -> None:
         self.cleanup = cleanup
@@ -163,12 +174,16 @@ class SSLNormsCLI(LightningCLI):
         if inherited:
             return Path(inherited)
         if fit and run_dir is not None:
-            out = run_dir
+            out, created = run_dir, missing_dirs(run_dir)
         else:  # a new folder; ranks started without our launcher (torchrun) take its name, never a "-2"
             parent = runs_root() / experiment_name(cfg) if fit else run
             stem = timestamp() if fit else f"{self.subcommand}-{timestamp()}"
+            created = missing_dirs(parent)
             out = create_unique_dir(parent, stem) if self.owner else parent / stem
+            created.insert(0, out)
         make_dir(out)
+        if self.owner:  # a command that fails before its run starts leaves no folder behind
+            self.cleanup.callback(remove_empty_dirs, created)
         if fit and self.owner and not locked:
             self.cleanup.callback(acquire_lock(out))
         return out
@@ -177,8 +192,11 @@ class SSLNormsCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         if cfg.get("weights_only") is False:
             raise UsageError("--weights_only false is not supported: ssl-norms loads checkpoints as plain data only")
+        check_trainer(cfg.trainer)
         cfg.weights_only = True
         self.owner = is_first_process()
+        hold_notes()  # shown when the run starts (RecordStart): a refused command prints its error alone
+        self.cleanup.callback(drop_held_notes)
         out = self._prepare_run(cfg)
         os.environ[RUN_DIR_ENV] = str(out)
         cfg.run_dir = str(out)
@@ -197,8 +215,9 @@ class SSLNormsCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         if self.checkpoint is not None:
             check_parameters(self.model, self.checkpoint)
-        if self.owner:
-            record_start(self.run_dir, self.subcommand, self.checkpoint, self.changes)
+        views = getattr(self.datamodule, "num_views", None)
+        if self.subcommand == "fit" and views is not None:
+            self.model.check_views([None] * views)  # refused now, not at the first training step
 
     def instantiate_trainer(self, **kwargs):
         # Every run keeps last.ckpt in <run_dir>/checkpoints and stops cleanly on a non-finite loss.
@@ -219,11 +238,16 @@ class SSLNormsCLI(LightningCLI):
                 callbacks.append(default())
         if self.changes and self.subcommand == "fit":
             callbacks.append(ApplyResumeChanges(self.changes, self.checkpoint.global_step))
+        if self.owner:
+            callbacks.insert(0, RecordStart(self.run_dir, self.subcommand, self.checkpoint, self.changes))
         plugins = trainer_config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
-        trainer = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks, "plugins": plugins})
+        try:
+            trainer = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks, "plugins": plugins})
+        except (MisconfigurationException, TypeError, ValueError) as err:  # Lightning refusing --trainer.* settings
+            raise UsageError(f"--trainer: {err}") from err
         check_sync_batchnorm(trainer, bool(trainer_config.get("sync_batchnorm")))
         return trainer
 
@@ -239,7 +263,9 @@ def _finish_wandb_run() -> None:
 def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
     inherited = os.environ.get(RUN_DIR_ENV)
     try:
-        with ExitStack() as cleanup:
+        with ExitStack() as cleanup, warnings.catch_warnings():
+            # a command running fits in-process (sweep) passes their args: sys.argv is its own, not theirs
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended", UserWarning)
             return SSLNormsCLI(
                 SSLMethod,
                 SSLDataModule,
@@ -262,42 +288,61 @@ def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
 
 
 LIGHTNING_COMMANDS = tuple(name for name, command in COMMANDS.items() if command.target is None)
-
-# Lines of jsonargparse's report that explain its type machinery rather than the user's mistake.
-_PARSER_NOISE = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Given value", "Problem with given class_path")
-
-
-def one_line_error(message: str) -> str:
-    """The option at fault and the first real reason, from jsonargparse's nested multi-line report."""
-    lines = [line.strip().removeprefix("- ").strip() for line in str(message).splitlines()]
-    reasons = [line for line in lines if line and not line.startswith(_PARSER_NOISE) and line != "Expected a <class 'NoneType'>"]
-    if len(lines) == 1 or not reasons:
-        return " ".join(line for line in lines if line)
-    keys = re.findall(r'Parser key "([^"]+)"', str(message))
-    option = ".init_args.".join(keys) if "Problem with given class_path" in str(message) else ".".join(keys)
-    prefix = f"--{option}: " if option else ""
-    return f"{prefix}{reasons[0]}{_known_choices(option)}"
+# Bad input: the user can fix it (exit 2). MisconfigurationException is Lightning's word for it.
+USER_ERRORS = (ValueError, ArgumentError, FileNotFoundError, MisconfigurationException)
 
 
-def _known_choices(option: str) -> str:
-    """For a bad --model / --data class, name the classes that exist: that is the fix."""
-    import ssl_norms.data
-    import ssl_norms.methods
+class _Stdout(logging.StreamHandler):
+    """Writes to the current ``sys.stdout`` (looked up per message, as tests swap it)."""
 
-    base, package = {"model": (SSLMethod, ssl_norms.methods), "data": (SSLDataModule, ssl_norms.data)}.get(option, (None, None))
-    if base is None:
-        return ""
-    names = sorted(
-        name for name in dir(package)
-        if isinstance(getattr(package, name), type) and issubclass(getattr(package, name), base) and getattr(package, name) is not base
-    )
-    return f"; known: {', '.join(names)}"
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _lightning_info_to_stdout() -> None:
+    """Lightning's progress messages (seed, devices, tips) are information: stdout. Its warnings and
+    errors stay on stderr, where an error is then the only line."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if any(isinstance(handler, _Stdout) for handler in logger.handlers):
+            continue
+        for handler in logger.handlers:
+            handler.setLevel(max(handler.level, logging.WARNING))
+        info = _Stdout()
+        info.addFilter(lambda record: record.levelno < logging.WARNING)
+        logger.addHandler(info)
+
+
+def failure(err: BaseException, command: str) -> tuple[int, str]:
+    """Exit code and the one stderr line for ``err``: 2 bad input, 3 a non-finite loss, 1 a failed
+    write (disk full, permissions) or an internal fault, 130 an interrupt."""
+    if isinstance(err, KeyboardInterrupt):
+        return 130, "ssl-norms: interrupted"
+    if isinstance(err, NonFiniteLossError):
+        return 3, f"ssl-norms: error: {err}"
+    if isinstance(err, CheckpointSaveError):
+        return 1, f"ssl-norms: error: {err}"
+    if isinstance(err, USER_ERRORS):
+        hint = f" (see `ssl-norms {command} --help`)" if isinstance(err, ArgumentError) else ""
+        return 2, f"ssl-norms: error: {one_line_error(err)}{hint}"
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        return 1, f"ssl-norms: error: {where}{err.strerror or err}"
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return 1, f"ssl-norms: internal error: {type(err).__name__}: {first} (SSL_NORMS_DEBUG=1 for the traceback)"
 
 
 def main(argv: list[str] | None = None) -> None:
     """``ssl-norms COMMAND ...``: LightningCLI for fit/validate/test/predict, :mod:`ssl_norms.commands`
-    for the others; bad input is one line on stderr (exit 2; 3 for a non-finite loss)."""
+    for the others. Whatever fails, stderr gets one line (:func:`failure`); ``SSL_NORMS_DEBUG=1``
+    raises instead, with the traceback."""
     words = list(sys.argv[1:] if argv is None else argv)
+    _lightning_info_to_stdout()
     try:
         if words[:1] in (["-h"], ["--help"]):
             print(usage())
@@ -306,14 +351,14 @@ def main(argv: list[str] | None = None) -> None:
         elif words and not words[0].startswith("-") and words[0] not in LIGHTNING_COMMANDS:
             raise UsageError(f"unknown command {words[0]!r}; commands: {', '.join(COMMANDS)}")
         else:
+            check_config_files(words[1:])
             run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
-    except (UsageError, NonFiniteLossError, CheckpointSaveError, FileNotFoundError, ValueError, ArgumentError) as err:
+    except (Exception, KeyboardInterrupt) as err:
         if os.environ.get("SSL_NORMS_DEBUG"):
             raise
-        command = next((word for word in words if word in COMMANDS), "<command>")
-        hint = f" (see `ssl-norms {command} --help`)" if isinstance(err, ArgumentError) else ""
-        print(f"ssl-norms: error: {one_line_error(err)}{hint}", file=sys.stderr)
-        sys.exit({NonFiniteLossError: 3, CheckpointSaveError: 1}.get(type(err), 2))
+        code, line = failure(err, next((word for word in words if word in COMMANDS), "<command>"))
+        print(line, file=sys.stderr, flush=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

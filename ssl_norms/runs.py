@@ -16,7 +16,8 @@ A run directory holds one training run: ``metrics.csv``, ``config.yaml``, ``hpar
   interrupted save or a full disk leaves the previous file intact, and are read as plain data only
   (``torch.load(weights_only=True)``): a checkpoint cannot run code.
 * ``run_record.yaml`` lists every start of the run: command, time, host, the checkpoint and step it
-  continued from, and the settings it changed (see :mod:`ssl_norms.resume`).
+  continued from, and the settings it changed (see :mod:`ssl_norms.resume`). An entry is written when
+  the run starts (:class:`RecordStart`), so a command refused before leaves none.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import socket
 import sys
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +38,7 @@ from typing import Any, Callable
 import torch
 import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
 
 RUNS_ENV = "SSL_NORMS_RUNS"
 RUN_DIR_ENV = "SSL_NORMS_RUN_DIR"  # set by the launching process so DDP children share the run dir
@@ -98,9 +101,35 @@ def is_first_process() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+_held_notes: list[str] | None = None  # notes kept back until the command's run starts (hold_notes)
+
+
 def note(message: str) -> None:
-    if is_first_process():
+    if not is_first_process():
+        return
+    if _held_notes is not None:
+        _held_notes.append(message)
+    else:
         print(f"ssl-norms: {message}", file=sys.stderr, flush=True)
+
+
+def hold_notes() -> None:
+    """Keep notes back until :func:`show_held_notes` (the run starts); :func:`drop_held_notes` when the
+    command fails first, so its error is the only line it prints."""
+    global _held_notes
+    _held_notes = []
+
+
+def show_held_notes() -> None:
+    global _held_notes
+    held, _held_notes = _held_notes or [], None
+    for message in held:
+        note(message)
+
+
+def drop_held_notes() -> None:
+    global _held_notes
+    _held_notes = None
 
 
 # ---- directories and small files ----------------------------------------------------------------
@@ -114,6 +143,20 @@ def make_dir(path: Path) -> None:
         raise RunError(f"cannot create {path}: {err.strerror}") from None
     if not os.access(path, os.W_OK):
         raise RunError(f"{path} is not writable")
+
+
+def missing_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist, deepest first: what creating it creates."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty_dirs(dirs: list[Path]) -> None:
+    """Remove ``dirs`` (deepest first) while they are empty: the folders of a command that wrote nothing."""
+    for path in dirs:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (the run started), or gone
+            return
 
 
 def create_unique_dir(parent: Path, stem: str) -> Path:
@@ -173,8 +216,14 @@ def load_error(path: Path, err: Exception) -> str:
     if refused or "Weights only load failed" in str(err):
         what = refused[1] if refused else "an object"
         return f"refusing to load {path}: it holds {what}, which is not plain data (files are loaded with weights_only=True)"
-    first_line = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-    return f"{path} is not a readable checkpoint (truncated, empty or not a PyTorch file: {first_line})"
+    size = path.stat().st_size if path.is_file() else 0
+    if size == 0:
+        detail = "the file is empty"
+    elif not zipfile.is_zipfile(path):
+        detail = f"{size} bytes that are not the zip archive torch.save writes"
+    else:  # torch's message: its first sentence
+        detail = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__).split(". ")[0]
+    return f"{path} is not a readable checkpoint (truncated, empty or not a PyTorch file: {detail})"
 
 
 def read_checkpoint(path: str | Path) -> CheckpointInfo:
@@ -197,15 +246,21 @@ def checkpoint_files(run_dir: Path) -> list[Path]:
     return sorted([*(run_dir / CHECKPOINT_DIR).glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")])
 
 
-def newest_checkpoint(run_dir: Path) -> CheckpointInfo | None:
+def newest_checkpoint(run_dir: Path, why: str = "") -> CheckpointInfo | None:
     """The checkpoint that continues ``run_dir``: highest saved global step, ties to the newer file.
-    Unreadable files are skipped with a note (e.g. an interrupted save of Lightning's own writer)."""
-    readable = []
+    Unreadable files are skipped with a note (e.g. an interrupted save of Lightning's own writer);
+    when ``why`` is given (the flag asking for it), a run whose every checkpoint is unreadable is a
+    :class:`RunError` naming the first."""
+    readable, unreadable = [], []
     for path in checkpoint_files(run_dir):
         try:
             readable.append(read_checkpoint(path))
         except RunError as err:
-            note(f"skipping {err}")
+            unreadable.append(str(err))
+    if why and unreadable and not readable:
+        raise RunError(f"{why}: no readable checkpoint in {run_dir}: {unreadable[0]}")
+    for reason in unreadable:
+        note(f"skipping {reason}")
     return max(readable, key=lambda c: (c.global_step, c.path.stat().st_mtime_ns), default=None)
 
 
@@ -235,9 +290,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, path)
-        except OSError as err:
+        except (OSError, RuntimeError) as err:
+            cause = err if isinstance(err, OSError) else err.__context__  # torch's zip writer wraps the OSError
+            if not isinstance(cause, OSError):
+                raise
             kept = f"the previous {path.name} is intact" if path.exists() else "no earlier checkpoint of that name exists"
-            what = "disk full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror or str(err)
+            what = "disk full" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else cause.strerror or str(cause)
             raise CheckpointSaveError(f"could not save checkpoint {path} ({what}); {kept}") from err
         finally:
             temp.unlink(missing_ok=True)
@@ -350,6 +408,40 @@ def record_start(run_dir: Path, command: str, checkpoint: CheckpointInfo | None,
     write_atomically(path, yaml.safe_dump(record, sort_keys=False))
 
 
+class RunStart(Callback):
+    """Calls ``start(trainer)`` once, when the run starts: data loaded, model and optimizer set up,
+    checkpoint restored (``on_fit_start``; ``on_<stage>_start`` for validate/test/predict). What a
+    command writes there, a command that fails before never writes."""
+
+    _started = False
+
+    def start(self, trainer: Any) -> None:
+        raise NotImplementedError
+
+    def _once(self, trainer: Any) -> None:
+        if not self._started:
+            self._started = True
+            self.start(trainer)
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._once(trainer)
+
+    on_validation_start = on_test_start = on_predict_start = on_fit_start
+
+
+class RecordStart(RunStart):
+    """When the run starts: append this start to the run record and show the notes held since the
+    command began."""
+
+    def __init__(self, run_dir: Path, command: str, checkpoint: CheckpointInfo | None, changes: dict[str, Any]) -> None:
+        self.run_dir, self.command, self.checkpoint, self.changes = run_dir, command, checkpoint, changes
+
+    def start(self, trainer: Any) -> None:
+        show_held_notes()
+        if trainer.is_global_zero:
+            record_start(self.run_dir, self.command, self.checkpoint, self.changes)
+
+
 def holds_checkpoints(run_dir: Path) -> bool:
     return run_dir.is_dir() and bool(checkpoint_files(run_dir))
 
@@ -396,10 +488,10 @@ def fit_checkpoint(run_dir: Path | None, ckpt_arg: str | None) -> CheckpointInfo
     checkpoint = None
     if ckpt_arg == "last" or requeued:  # run_dir is known then (fit_run_dir)
         why = "--ckpt_path last" if ckpt_arg == "last" else f"SLURM restart {restarts}"
-        checkpoint = newest_checkpoint(run_dir)
+        checkpoint = newest_checkpoint(run_dir, why)
         if checkpoint is not None:
             note(f"{why}: resuming {run_dir} from {checkpoint.path.name} (global step {checkpoint.global_step})")
-        elif not holds_checkpoints(run_dir):  # only unreadable ones: refused below
+        else:
             note(f"{why}: no checkpoint in {run_dir} yet, starting fresh")
     elif ckpt_arg:
         checkpoint = read_checkpoint(ckpt_arg)
@@ -420,8 +512,11 @@ def evaluation_target(cfg: Any, run_dir_arg: str | None, ckpt_arg: str | None) -
         if ckpt_arg == "last":
             raise RunError(f"--ckpt_path last: no run with a checkpoint under {experiment}; pass --run_dir RUN")
         return experiment, None
-    checkpoint = newest_checkpoint(run)
+    why = f"--run_dir {run}" if run_dir_arg else "--ckpt_path last"
+    if not run.is_dir():
+        raise RunError(f"{why}: no such directory")
+    checkpoint = newest_checkpoint(run, why)
     if checkpoint is None:
-        raise RunError(f"no readable checkpoint in {run} (looked for {CHECKPOINT_DIR}/*.ckpt and hpc_ckpt_*.ckpt)")
+        raise RunError(f"no checkpoint in {run} (looked for {CHECKPOINT_DIR}/*.ckpt and hpc_ckpt_*.ckpt)")
     note(f"evaluating {checkpoint.path} (global step {checkpoint.global_step})")
     return run, checkpoint

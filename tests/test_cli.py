@@ -1,15 +1,17 @@
-"""End-to-end: the ssl-norms command on the embedded data and on image folders."""
+"""End-to-end: the ssl-norms command on the embedded data and on image folders. Bad input and faults:
+tests/test_faults.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import errno
 
 import pytest
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from conftest import REPO, TINY_DEMO, TINY_RESNET, metric_values, read_metrics_csv
-from ssl_norms.cli import main
+from ssl_norms.callbacks import NonFiniteLossError
+from ssl_norms.cli import failure, main
 
 NORM_KEYS = ["norm/mean", "norm/std", "norm/min", "norm/max", "norm/q50", "features/norm_mean", "lr/effective", "pairs/opposite_rate"]
 
@@ -70,29 +72,17 @@ def test_bf16_mixed_precision_fit(tmp_path):
     assert all(torch.isfinite(torch.tensor(metric_values(run_dir / "metrics.csv", "train/loss"))))
 
 
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        (["--model", "NoSuchMethod"], "known: BYOL, FroSSL, IsoLoss, SimCLR, SimSiam"),
-        (["--data", "NoSuchData"], "known: CIFAR100DataModule"),
-        (["--model.init_args.lr", "-1"], "lr must be"),
-        (["--model.init_args.temperature", "0"], "temperature must be > 0"),
-        (["--model.init_args.temperature", "abc"], "--model.init_args.temperature: Expected a <class 'float'>. Got value: abc"),
-        (["--trainer.max_epochs", "x"], "--trainer.max_epochs: Expected a <class 'int'>"),
-        (["--data.init_args.batch_size", "100000"], "lower --data.init_args.batch_size"),
-    ],
-)
-def test_bad_input_gives_one_line_error(args, expected, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "ssl_norms.cli", "fit", *TINY_DEMO, *args],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-    )
-    assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("ssl-norms: error: ") and expected in last
-    # one line: no usage dump, no jsonargparse type report, no traceback
-    for noise in ("Traceback", "usage:", "Given value", "Subtypes:"):
-        assert noise not in result.stderr
+@pytest.mark.parametrize("error, code, line", [
+    (ValueError("lr must be >= 0"), 2, "ssl-norms: error: lr must be >= 0"),
+    (MisconfigurationException("`max_epochs` must be >= -1"), 2, "ssl-norms: error: `max_epochs` must be >= -1"),
+    (NonFiniteLossError("non-finite loss (nan)"), 3, "ssl-norms: error: non-finite loss (nan)"),
+    (OSError(errno.ENOSPC, "No space left on device", "run/metrics.csv"), 1, "ssl-norms: error: run/metrics.csv: No space left on device"),
+    (RuntimeError("CUDA error: device-side assert\ntriggered"), 1,
+     "ssl-norms: internal error: RuntimeError: CUDA error: device-side assert (SSL_NORMS_DEBUG=1 for the traceback)"),
+    (KeyboardInterrupt(), 130, "ssl-norms: interrupted"),
+])
+def test_every_failure_is_one_line_with_its_exit_code(error, code, line):
+    assert failure(error, "fit") == (code, line)
 
 
 def test_unknown_command_lists_the_commands(capsys):
@@ -109,18 +99,6 @@ def test_help_lists_every_command_with_one_line(capsys):
     lines = capsys.readouterr().out.splitlines()
     for name, command in COMMANDS.items():
         assert sum(line.split()[:1] == [name] and line.endswith(command.help) for line in lines) == 1, name
-
-
-def test_missing_data_names_root_env_and_download(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "ssl_norms.cli", "fit", "--config", str(REPO / "configs" / "simclr" / "cifar10.yaml"),
-         "--data.init_args.root", str(tmp_path / "nowhere")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-    )
-    assert result.returncode != 0
-    err = result.stderr.strip().splitlines()[-1]
-    assert str(tmp_path / "nowhere") in err and "SSL_NORMS_DATA" in err and "download" in err
-    assert "Traceback" not in result.stderr
 
 
 def test_wandb_logger_runs_offline(tmp_path, monkeypatch):

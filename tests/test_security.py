@@ -85,7 +85,7 @@ def test_commands_refuse_a_hostile_checkpoint(hostile_run, marker, tmp_path, com
 def test_resuming_a_run_whose_checkpoint_is_hostile(hostile_run, marker, capsys):
     before = file_hashes(hostile_run)
     code, line = cli_error(["fit", *TINY_DEMO, "--run_dir", str(hostile_run), "--ckpt_path", "last"], capsys)
-    assert code == 2 and "already holds a run with checkpoints" in line
+    assert code == 2 and f"--ckpt_path last: no readable checkpoint in {hostile_run}: refusing to load" in line
     assert file_hashes(hostile_run) == before
 
 
