@@ -27,11 +27,12 @@ class OnlineLinearProbe(Callback):
     The probe and its optimizer state are saved in the checkpoint, so a resumed run continues them.
 
     Args:
-        optimizer / lr / weight_decay: ``adam`` (default) or ``sgd`` (momentum 0.9) for the probe.
+        optimizer / lr / weight_decay: ``adam`` (default) or ``sgd`` (momentum 0.9) for the probe; the
+            default lr 1e-2 lets it follow the drifting features of short runs.
         num_classes: default: the datamodule's ``num_classes``.
     """
 
-    def __init__(self, optimizer: Literal["adam", "sgd"] = "adam", lr: float = 1e-3, weight_decay: float = 0.0, num_classes: int | None = None) -> None:
+    def __init__(self, optimizer: Literal["adam", "sgd"] = "adam", lr: float = 1e-2, weight_decay: float = 0.0, num_classes: int | None = None) -> None:
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"OnlineLinearProbe optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         if not (lr > 0 and weight_decay >= 0) or (num_classes is not None and num_classes < 2):
