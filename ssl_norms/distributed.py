@@ -85,3 +85,9 @@ def unique_by_index(index: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
     keep[1:] = sorted_index[1:] != sorted_index[:-1]
     chosen = order[keep]
     return (index[chosen], *(t[chosen] for t in tensors))
+
+
+def gather_unique(pl_module: LightningModule, index: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """The rows of every rank (:func:`all_gather_rows`), once per sample index (:func:`unique_by_index`):
+    a sharded evaluation pass gathered into what a single process would have seen."""
+    return unique_by_index(*(all_gather_rows(pl_module, t) for t in (index, *tensors)))

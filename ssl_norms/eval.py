@@ -1,12 +1,16 @@
-"""Weighted cosine k-NN (Wu et al. 2018): the online k-NN callback and the analyses both vote here."""
+"""Evaluation of frozen representations: weighted cosine k-NN (Wu et al. 2018), where the online
+k-NN callback and the analyses vote, and the linear probe (offline fit, shared top-k accuracy)."""
 
 from __future__ import annotations
 
 import warnings
 
+import math
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics.functional.classification import multiclass_accuracy
 
 
 def _check_vote(k: int, temperature: float) -> None:
@@ -102,3 +106,98 @@ def knn_predict_leave_one_out(
             sim[rows, start + rows] = -torch.inf  # a point is never its own neighbour
         predictions.append(_vote(sim, labels, num_classes, k, temperature))
     return torch.cat(predictions)
+
+
+def topk_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    """``top1`` and ``top5`` (top-min(5, num_classes)) accuracy of ``logits`` (N, C), fractions in [0, 1]."""
+    labels = labels.to(logits.device).long()
+    return {f"top{k}": float(multiclass_accuracy(logits, labels, num_classes, average="micro", top_k=min(k, num_classes)))
+            for k in (1, 5)}
+
+
+def zero_linear(in_features: int, out_features: int, device: torch.device | str = "cpu") -> nn.Linear:
+    """A linear layer started at zero, built without drawing from the global RNG: fitting a probe
+    must not change the random stream (data order, augmentations) of the run it evaluates."""
+    linear = nn.utils.skip_init(nn.Linear, in_features, out_features, device=device)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class LinearClassifier(nn.Module):
+    """Features standardised with the training set's mean and std, then one linear layer."""
+
+    def __init__(self, mean: Tensor, std: Tensor, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        # the objective is convex: a zero start makes the fit deterministic without any seed
+        self.linear = zero_linear(len(mean), num_classes, mean.device)
+
+    def standardise(self, feats: Tensor) -> Tensor:
+        return (feats.to(self.mean.device).float() - self.mean) / self.std
+
+    def forward(self, feats: Tensor) -> Tensor:
+        return self.linear(self.standardise(feats))
+
+
+def _check_probe_inputs(num_classes: int, **splits: tuple[Tensor, Tensor]) -> None:
+    """One ValueError naming the problem unless ``num_classes >= 2`` and every split is (N, D) finite
+    features of one width with N labels, integers in [0, num_classes)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"linear probe needs num_classes >= 2, got {num_classes!r}")
+    for name, (feats, labels) in splits.items():
+        if feats.ndim != 2 or labels.ndim != 1 or len(feats) != len(labels) or len(feats) == 0:
+            raise ValueError(f"linear probe needs (N, D) {name} features and N {name} labels with N >= 1, "
+                             f"got {tuple(feats.shape)} and {tuple(labels.shape)}")
+        if labels.is_floating_point() or labels.is_complex() or not bool(((labels >= 0) & (labels < num_classes)).all()):
+            raise ValueError(f"linear probe {name} labels must be integers in [0, {num_classes}), "
+                             f"got dtype {labels.dtype}, range [{labels.min().item()}, {labels.max().item()}]")
+        if not bool(feats.isfinite().all()):
+            raise ValueError(f"linear probe {name} features hold NaN or inf values")
+    widths = {name: feats.shape[1] for name, (feats, _) in splits.items()}
+    if len(set(widths.values())) > 1:
+        raise ValueError(f"linear probe needs features of one width, got {widths}")
+
+
+def fit_linear_classifier(
+    feats: Tensor, labels: Tensor, num_classes: int, weight_decay: float = 1e-4, max_iter: int = 500,
+) -> LinearClassifier:
+    """Multinomial logistic regression on standardised ``feats``: full-batch L-BFGS (strong Wolfe line
+    search, at most ``max_iter`` iterations) on mean cross-entropy + ``weight_decay``/2 * ||W||^2
+    (the bias is not decayed). Convex, started at zero: the same inputs always give the same fit.
+    """
+    _check_probe_inputs(num_classes, training=(feats, labels))
+    if not (math.isfinite(weight_decay) and weight_decay >= 0) or max_iter < 1:
+        raise ValueError(f"linear probe needs weight_decay >= 0 and max_iter >= 1, got {weight_decay}, {max_iter}")
+    # evaluation code may run under inference mode, whose tensors cannot be trained
+    with torch.inference_mode(False), torch.enable_grad():
+        feats = feats.float().clone()
+        classifier = LinearClassifier(feats.mean(0), feats.std(0, unbiased=False).clamp_min(1e-6), num_classes)
+        x, y = classifier.standardise(feats), labels.to(feats.device).long().clone()
+        linear = classifier.linear
+        optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                                      tolerance_grad=1e-9, tolerance_change=1e-12)
+
+        def closure() -> Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(linear(x), y) + weight_decay / 2 * linear.weight.square().sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+    return classifier.requires_grad_(False)
+
+
+def linear_probe(
+    train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor, num_classes: int, **options,
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy (fractions in [0, 1]) on the test set of a linear classifier trained on
+    frozen training features (:func:`fit_linear_classifier`; ``options``: ``weight_decay``, ``max_iter``).
+    Also returns ``train_top1``, to tell under-fitting from over-fitting."""
+    _check_probe_inputs(num_classes, training=(train_feats, train_labels), test=(test_feats, test_labels))
+    classifier = fit_linear_classifier(train_feats, train_labels, num_classes, **options)
+    with torch.no_grad():
+        result = topk_accuracy(classifier(test_feats), test_labels, num_classes)
+        result["train_top1"] = topk_accuracy(classifier(train_feats), train_labels, num_classes)["top1"]
+    return result

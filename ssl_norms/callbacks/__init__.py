@@ -2,7 +2,8 @@ from ssl_norms.callbacks.cut_init import CutInit
 from ssl_norms.callbacks.grad_scale import GradScale
 from ssl_norms.callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from ssl_norms.callbacks.knn import OnlineKNN
+from ssl_norms.callbacks.linear_probe import OnlineLinearProbe
 from ssl_norms.callbacks.norm_monitor import EmbeddingNormMonitor
 from ssl_norms.callbacks.summary import RunSummary
 
-__all__ = ["CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "RunSummary"]
+__all__ = ["CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "RunSummary"]

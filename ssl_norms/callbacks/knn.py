@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ssl_norms.distributed import all_gather_rows, broadcast_buffers, unique_by_index
+from ssl_norms.distributed import broadcast_buffers, gather_unique
 from ssl_norms.eval import knn_predict, single_class_note
 
 
@@ -56,8 +56,7 @@ class OnlineKNN(Callback):
                 feats.append((features if self.space == "features" else embeddings).float())
                 labels.append(batch["label"].to(pl_module.device))
                 index.append(batch["index"].to(pl_module.device))
-        feats_t, labels_t, index_t = (all_gather_rows(pl_module, torch.cat(t)) for t in (feats, labels, index))
-        _, feats_t, labels_t = unique_by_index(index_t, feats_t, labels_t)
+        _, feats_t, labels_t = gather_unique(pl_module, torch.cat(index), torch.cat(feats), torch.cat(labels))
         return feats_t, labels_t
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -75,8 +74,8 @@ class OnlineKNN(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bank is None or not self._val:
             return
-        feats, labels, index = (all_gather_rows(pl_module, torch.cat(t)) for t in zip(*self._val))
-        _, feats, labels = unique_by_index(index, feats, labels)
+        feats, labels, index = (torch.cat(t) for t in zip(*self._val))
+        _, feats, labels = gather_unique(pl_module, index, feats, labels)
         bank_feats, bank_labels = self._bank
         num_classes = getattr(trainer.datamodule, "num_classes", None) or int(max(bank_labels.max(), labels.max())) + 1
         note = single_class_note(bank_labels, labels)
