@@ -21,7 +21,8 @@ What may change on resume: :mod:`ssl_norms.resume`. In short:
 Every fit also gets, unless configured: ModelCheckpoint (``checkpoints/last.ckpt`` only, replaced
 atomically), the NonFiniteGuard, GlobalBatchLog (global batch and lr stated at fit start, lr never
 rescaled), ReproducibleResume (per-epoch seeds and the data position, so a resumed run draws the data
-of an uninterrupted one), WandbValidationMedia (figures into a W&B run, when there is one) and a CSVLogger (``metrics.csv``, kept across resumes) next to any other logger.
+of an uninterrupted one), WandbValidationMedia (figures into the W&B run, when there is one) and a
+CSVLogger (``metrics.csv``, kept across resumes) next to any other logger.
 """
 
 from __future__ import annotations
@@ -268,17 +269,14 @@ def _active_wandb_run() -> Any:
 
 
 def _finish_wandb_run(active_before: Any) -> None:
-    """Close the W&B run this command started (Lightning leaves it open), so the next run in the same
-    process (``ssl-norms sweep --all``) starts its own, and wait until its files are written:
-    ``wandb.finish()`` only hands the run to W&B's service process, which may still be writing the
-    ``.wandb`` file when it returns; ``wandb.teardown()`` waits for the service to finish and stop.
-    A W&B run that was active before the command (e.g. a notebook's) stays open, its service running."""
-    wandb = sys.modules.get("wandb")
-    if wandb is None or wandb.run is None or wandb.run is active_before:
-        return
-    wandb.finish()
-    if active_before is None:
-        wandb.teardown()
+    """Close the W&B run this command started (Lightning leaves it open), so its files are complete
+    when the command returns and the next run in the same process (``ssl-norms sweep --all``) starts
+    its own. A W&B run that was active before the command (e.g. a notebook's) stays open."""
+    run = _active_wandb_run()
+    if run is not None and run is not active_before:
+        from ssl_norms.wandb_setup import finish_run
+
+        finish_run(run)
 
 
 def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ssl_norms.wandb_setup import DEFAULT_PROJECT, attach_kwargs
+from ssl_norms.wandb_setup import DEFAULT_PROJECT, attach_kwargs, wandb_logger_args
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, width: float = 5.5, height: float = 4.2, **subplots: Any) -> tuple[Figure, list]:
@@ -175,16 +175,6 @@ def plot_training_curves(
 # ---- W&B images ---------------------------------------------------------------------------------------
 
 
-def wandb_project(config: dict[str, Any] | None) -> str:
-    loggers = ((config or {}).get("trainer") or {}).get("logger") or []
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        if isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger"):
-            project = (logger.get("init_args") or {}).get("project")
-            if project:
-                return project
-    return DEFAULT_PROJECT
-
-
 def _wandb_table(path: Path) -> Any:
     """A CSV written by :func:`write_csv` as a ``wandb.Table`` (numeric cells as numbers, empty as None)."""
     import wandb
@@ -225,7 +215,8 @@ class WandbFigures:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun") or not wandb_has_credentials()
-        own = {"project": wandb_project(config), "dir": str(run_dir), "job_type": job_type, "name": name}
+        project = wandb_logger_args(config).get("project") or DEFAULT_PROJECT
+        own = {"project": project, "dir": str(run_dir), "job_type": job_type, "name": name}
         self.run = wandb.init(
             **(attach_kwargs(run_dir) or own), mode="offline" if offline else "online",
             settings=wandb.Settings(init_timeout=60, console="off", silent=True),
@@ -244,4 +235,6 @@ class WandbFigures:
 
     def finish(self) -> None:
         if self.owned:
-            self.run.finish()
+            from ssl_norms.wandb_setup import finish_run
+
+            finish_run(self.run)

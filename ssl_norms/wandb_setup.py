@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import Namespace
 
 from ssl_norms.runs import RECORD_FILE, create_file_once, note, runs_root, short_name, write_atomically
@@ -62,8 +63,6 @@ def copied_from(run_dir: Path) -> Path | None:
     """The run directory ``run_dir`` is a copy of: its record's last start ran in another directory
     that still holds the same W&B id. A moved run (its old directory gone) is the same run, and
     keeps its id; a copy taken to a machine without the source cannot be told from a move."""
-    import yaml
-
     try:
         starts = (yaml.safe_load((Path(run_dir) / RECORD_FILE).read_text()) or {}).get("starts") or []
     except (OSError, yaml.YAMLError, AttributeError):
@@ -177,20 +176,22 @@ def attach_kwargs(run_dir: Path) -> dict[str, Any]:
     """``wandb.init`` arguments that join the W&B run a training run directory kept (empty when it
     kept none): its id and the project / group / name / tags its WandbLogger used (from the run's
     ``config.yaml``), so nothing of the training run's labels changes when the joined run is synced."""
-    import yaml
-
     run_id_ = existing_run_id(run_dir)
     if run_id_ is None:
         return {}
     config_file = Path(run_dir) / "config.yaml"
-    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
+    init_args = wandb_logger_args(yaml.safe_load(config_file.read_text()) if config_file.is_file() else None)
+    labels = {k: init_args[k] for k in ("project", "entity", "group", "name", "tags") if init_args.get(k)}
+    return {"project": DEFAULT_PROJECT, **labels, "id": run_id_, "resume": "allow", "dir": str(run_dir)}
+
+
+def wandb_logger_args(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``init_args`` of the WandbLogger in a run's config (as read from ``config.yaml``), else {}."""
     loggers = ((config if isinstance(config, dict) else {}).get("trainer") or {}).get("logger") or []
-    labels: dict[str, Any] = {"project": DEFAULT_PROJECT}
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         if isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger"):
-            init_args = logger.get("init_args") or {}
-            labels.update({k: init_args[k] for k in ("project", "entity", "group", "name", "tags") if init_args.get(k)})
-    return {**labels, "id": run_id_, "resume": "allow", "dir": str(run_dir)}
+            return logger.get("init_args") or {}
+    return {}
 
 
 def code_version() -> dict[str, Any]:
@@ -242,9 +243,19 @@ def log_run_config(run: Any, config_file: Path) -> None:
     and as the artifact ``config-<run id>`` (type ``config``; a resume with an unchanged file adds
     no new version)."""
     import wandb
-    import yaml
 
     run.config.update(wandb_config(yaml.safe_load(Path(config_file).read_text()) or {}), allow_val_change=True)
     artifact = wandb.Artifact(f"config-{run.id}", type="config", description="the run's resolved config.yaml")
     artifact.add_file(str(config_file), name="config.yaml")
     run.log_artifact(artifact)
+
+
+def finish_run(run: Any) -> None:
+    """Finish ``run`` and wait until its files are written: ``finish()`` only hands the run to W&B's
+    service process, which may still be writing the ``.wandb`` file when it returns;
+    ``wandb.teardown()`` waits for the service to finish and stop (not while another run is active)."""
+    import wandb
+
+    run.finish()
+    if wandb.run is None:
+        wandb.teardown()
