@@ -87,6 +87,22 @@ def test_a_sweep_names_its_points_group_while_it_runs_them(tmp_path, monkeypatch
     assert seen == ["wd-sweep"] and SWEEP_ENV not in os.environ
 
 
+def test_an_evaluation_joins_the_runs_wandb_run_or_starts_its_own(tmp_path):
+    cfg = _cfg([])
+    run = tmp_path / "runs" / "simclr-cifar100" / "r"
+    (run / "validate-1").mkdir(parents=True)
+    own = Namespace()  # the run never logged to W&B: a W&B run of the evaluation's folder, labelled as the run
+    configure_wandb_args(own, run / "validate-1", cfg, "validate")
+    assert (own.id, own.save_dir, own.job_type) == ((run / "validate-1" / "wandb_run_id").read_text(), str(run / "validate-1"), "validate")
+    assert own.name == "simclr-cifar100-r" and own.group == "simclr-cifar100" and not own.get("prefix")
+
+    configure_wandb_args(Namespace(), run, cfg)  # now it did
+    joined = Namespace()
+    configure_wandb_args(joined, run / "test-2", cfg, "test")
+    assert (joined.id, joined.save_dir, joined.prefix) == ((run / "wandb_run_id").read_text(), str(run), "test")
+    assert joined.get("job_type") is None and joined.name == "simclr-cifar100-r" and not (run / "test-2").exists()
+
+
 def test_a_copied_run_continues_in_its_own_wandb_run_and_a_moved_one_in_its_own(tmp_path):
     cfg = _cfg([])
     source = tmp_path / "runs" / "simclr-cifar100" / "a"
