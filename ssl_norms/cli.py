@@ -21,7 +21,8 @@ What may change on resume: :mod:`ssl_norms.resume`. In short:
 Every fit also gets, unless configured: ModelCheckpoint (``checkpoints/last.ckpt`` only, replaced
 atomically), the NonFiniteGuard, GlobalBatchLog (global batch and lr stated at fit start, lr never
 rescaled), ReproducibleResume (per-epoch seeds and the data position, so a resumed run draws the data
-of an uninterrupted one) and a CSVLogger (``metrics.csv``, kept across resumes) next to any other logger.
+of an uninterrupted one), WandbValidationMedia (figures into the W&B run, when there is one) and a
+CSVLogger (``metrics.csv``, kept across resumes) next to any other logger.
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
 import ssl_norms.callbacks  # noqa: F401  (makes callback class names resolvable in YAML)
 from ssl_norms.bad_input import UsageError, check_config_files, check_trainer, one_line_error
 from ssl_norms.callbacks import NonFiniteGuard, NonFiniteLossError
 from ssl_norms.callbacks.global_batch import GlobalBatchLog
 from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
+from ssl_norms.callbacks.wandb_media import WandbValidationMedia
 from ssl_norms.commands import COMMANDS, run_command, usage
 from ssl_norms.data import SSLDataModule
 from ssl_norms.methods import SSLMethod
@@ -85,7 +88,7 @@ def check_sync_batchnorm(trainer: Trainer, requested: bool) -> None:
         )
 
 
-def _configure_logger(logger: Namespace, run_dir: Path, cfg: Namespace) -> Namespace:
+def _configure_logger(logger: Namespace, run_dir: Path, cfg: Namespace, command: str) -> Namespace:
     args = logger.get("init_args") or Namespace()
     class_name = logger.class_path.rsplit(".", 1)[-1]
     if class_name == "CSVLogger":
@@ -95,7 +98,7 @@ def _configure_logger(logger: Namespace, run_dir: Path, cfg: Namespace) -> Names
     elif class_name == "WandbLogger":
         from ssl_norms.wandb_setup import configure_wandb_args
 
-        configure_wandb_args(args, run_dir, cfg)
+        configure_wandb_args(args, run_dir, cfg, command)
     logger.init_args = args
     return logger
 
@@ -115,6 +118,15 @@ class SaveRunConfig(RunStart, SaveConfigCallback):
 
     def start(self, trainer: Trainer) -> None:
         SaveConfigCallback.setup(self, trainer, trainer.lightning_module, self._stage)  # Lightning's save, now
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        """A fit's config also goes into its W&B run (run config and artifact); an evaluation's
+        config is its own, not the training run's (rank 0 only, after config.yaml is written)."""
+        wandb_logger = next((logger for logger in trainer.loggers if isinstance(logger, WandbLogger)), None)
+        if stage == "fit" and wandb_logger is not None:
+            from ssl_norms.wandb_setup import log_run_config
+
+            log_run_config(wandb_logger.experiment, Path(trainer.log_dir) / self.config_filename)
 
 
 class SSLNormsCLI(LightningCLI):
@@ -209,7 +221,7 @@ class SSLNormsCLI(LightningCLI):
             loggers = list(logger) if isinstance(logger, list) else [logger]
             if not any(entry.class_path.rsplit(".", 1)[-1] == "CSVLogger" for entry in loggers):
                 loggers.insert(0, Namespace(class_path=CSV_LOGGER, init_args=Namespace()))  # metrics.csv, always
-            cfg.trainer.logger = [_configure_logger(entry, out, cfg) for entry in loggers]
+            cfg.trainer.logger = [_configure_logger(entry, out, cfg, self.subcommand) for entry in loggers]
         self.run_dir = out
 
     def after_instantiate_classes(self) -> None:
@@ -233,7 +245,7 @@ class SSLNormsCLI(LightningCLI):
         if not checkpoints:  # one file, last.ckpt, replaced every epoch (save_last would add a second copy)
             callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / CHECKPOINT_DIR), filename="last",
                                              enable_version_counter=False))
-        for default in (NonFiniteGuard, GlobalBatchLog, ReproducibleResume):
+        for default in (NonFiniteGuard, GlobalBatchLog, ReproducibleResume, WandbValidationMedia):
             if not any(isinstance(c, default) for c in callbacks):
                 callbacks.append(default())
         if self.changes and self.subcommand == "fit":
@@ -252,16 +264,24 @@ class SSLNormsCLI(LightningCLI):
         return trainer
 
 
-def _finish_wandb_run() -> None:
-    """Close this run's W&B run (Lightning leaves it open): its files are complete when fit returns,
-    and the next run in the same process (``ssl-norms sweep --all``) starts its own W&B run."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+def _active_wandb_run() -> Any:
+    return getattr(sys.modules.get("wandb"), "run", None)
+
+
+def _finish_wandb_run(active_before: Any) -> None:
+    """Close the W&B run this command started (Lightning leaves it open), so its files are complete
+    when the command returns and the next run in the same process (``ssl-norms sweep --all``) starts
+    its own. A W&B run that was active before the command (e.g. a notebook's) stays open."""
+    run = _active_wandb_run()
+    if run is not None and run is not active_before:
+        from ssl_norms.wandb_setup import finish_run
+
+        finish_run(run)
 
 
 def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
     inherited = os.environ.get(RUN_DIR_ENV)
+    active_wandb_run = _active_wandb_run()
     try:
         with ExitStack() as cleanup, warnings.catch_warnings():
             # a command running fits in-process (sweep) passes their args: sys.argv is its own, not theirs
@@ -280,7 +300,7 @@ def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
                 args=args,
             )
     finally:  # the run dir is shared with this run's DDP children only, not with later runs in-process
-        _finish_wandb_run()
+        _finish_wandb_run(active_wandb_run)
         if inherited is None:
             os.environ.pop(RUN_DIR_ENV, None)
         else:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ssl_norms.wandb_setup import DEFAULT_PROJECT, RUN_ID_FILE
+from ssl_norms.wandb_setup import DEFAULT_PROJECT, attach_kwargs, wandb_logger_args
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, width: float = 5.5, height: float = 4.2, **subplots: Any) -> tuple[Figure, list]:
@@ -175,20 +175,19 @@ def plot_training_curves(
 # ---- W&B images ---------------------------------------------------------------------------------------
 
 
-def wandb_run_id(run_dir: Path) -> str | None:
-    """The W&B run id a training run kept in its directory (see ssl_norms.wandb_setup), if any."""
-    id_file = Path(run_dir) / RUN_ID_FILE
-    return id_file.read_text().strip() if id_file.is_file() else None
+def _wandb_table(path: Path) -> Any:
+    """A CSV written by :func:`write_csv` as a ``wandb.Table`` (numeric cells as numbers, empty as None)."""
+    import wandb
 
+    def cell(text: str) -> Any:
+        try:
+            return float(text) if text else None
+        except ValueError:
+            return text
 
-def wandb_project(config: dict[str, Any] | None) -> str:
-    loggers = ((config or {}).get("trainer") or {}).get("logger") or []
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        if isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger"):
-            project = (logger.get("init_args") or {}).get("project")
-            if project:
-                return project
-    return DEFAULT_PROJECT
+    with open(path, newline="") as handle:
+        header, *rows = list(csv.reader(handle)) or [[]]
+    return wandb.Table(columns=header, data=[[cell(c) for c in row] for row in rows])
 
 
 class WandbFigures:
@@ -197,7 +196,8 @@ class WandbFigures:
     * a W&B run already active in this process (``wandb.run``, e.g. a WandbLogger's): logged there,
       and left open;
     * else a training run directory that kept its W&B id (``<run_dir>/wandb_run_id``): that run is
-      resumed (same id), so the figures sit next to the training curves;
+      resumed (same id, project, group, name and tags; its job type left alone), so the figures sit
+      next to the training curves (:func:`ssl_norms.wandb_setup.attach_kwargs`);
     * else a new run written into ``<run_dir>/wandb`` (``job_type``, e.g. ``simulation``).
 
     Offline (never waiting on the network) without credentials or with WANDB_MODE=offline;
@@ -215,22 +215,26 @@ class WandbFigures:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun") or not wandb_has_credentials()
+        project = wandb_logger_args(config).get("project") or DEFAULT_PROJECT
+        own = {"project": project, "dir": str(run_dir), "job_type": job_type, "name": name}
         self.run = wandb.init(
-            project=wandb_project(config), id=wandb_run_id(run_dir), resume="allow", dir=str(run_dir),
-            mode="offline" if offline else "online", job_type=job_type, name=name,
+            **(attach_kwargs(run_dir) or own), mode="offline" if offline else "online",
             settings=wandb.Settings(init_timeout=60, console="off", silent=True),
         )
 
     def log_figures(self, prefix: str, paths: Sequence[Path], numbers: dict[str, Any]) -> None:
-        """Every PNG of ``paths`` as ``<prefix>/<file stem>`` and the numeric top-level ``numbers``
-        as ``<prefix>/<key>``."""
+        """Every PNG of ``paths`` as ``<prefix>/<file stem>``, every CSV as a ``wandb.Table``
+        ``<prefix>/<file stem>_table`` and the numeric top-level ``numbers`` as ``<prefix>/<key>``."""
         import wandb
 
         images = {f"{prefix}/{Path(p).stem}": wandb.Image(str(p)) for p in paths if Path(p).suffix == ".png"}
+        tables = {f"{prefix}/{Path(p).stem}_table": _wandb_table(Path(p)) for p in paths if Path(p).suffix == ".csv"}
         scalars = {f"{prefix}/{k}": v for k, v in numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if images or scalars:
-            self.run.log({**images, **scalars})
+        if images or tables or scalars:
+            self.run.log({**images, **tables, **scalars})
 
     def finish(self) -> None:
         if self.owned:
-            self.run.finish()
+            from ssl_norms.wandb_setup import finish_run
+
+            finish_run(self.run)

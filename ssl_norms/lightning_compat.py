@@ -17,6 +17,8 @@ instead of silently changing what a callback logs or where a resumed run continu
   overrides :data:`CSV_WRITER_OVERRIDES` (called when the writer is created, and on every save)
   and uses :data:`CSV_WRITER_ATTRIBUTES`; its CSVLogger rebuilds ``experiment`` from
   :data:`CSV_LOGGER_ATTRIBUTES`.
+* :func:`logger_step` reads ``fit_loop.epoch_loop._batches_that_stepped`` (WandbValidationMedia logs
+  its figures at the step of the validation's metrics, as LearningRateMonitor does).
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def epoch_batches_ready(trainer: Trainer) -> int:
     """Training batches of the current epoch Lightning has fetched or, right after a mid-epoch
     resume and before the first new batch, restored from the checkpoint as done."""
     return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+
+def logger_step(trainer: Trainer) -> int:
+    """The step Lightning passes to the loggers with the values logged now (for a validation during
+    fit: the step its metrics are written at; one less than ``global_step`` at an epoch's end)."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
 def epoch_batches_processed(trainer: Trainer) -> int:

@@ -393,9 +393,10 @@ def _release(path: Path, mine: str) -> None:
 
 # ---- the run record ----------------------------------------------------------------------------
 def record_start(run_dir: Path, command: str, checkpoint: CheckpointInfo | None, changes: dict[str, Any]) -> None:
-    """Append one start to ``run_dir/run_record.yaml``: command, time, process, the checkpoint (relative
-    to the run when it is the run's own) and global step it continued from, and the changed settings."""
-    entry: dict[str, Any] = {"command": command, "checkpoint": None}
+    """Append one start to ``run_dir/run_record.yaml``: command, time, process, where the run directory
+    was (a copied run tells its source by it), the checkpoint (relative to the run when it is the
+    run's own) and global step it continued from, and the changed settings."""
+    entry: dict[str, Any] = {"command": command, "run_dir": str(run_dir.resolve()), "checkpoint": None}
     if checkpoint is not None:
         ckpt, run = checkpoint.path.resolve(), run_dir.resolve()
         entry.update(checkpoint=str(ckpt.relative_to(run) if ckpt.is_relative_to(run) else ckpt), global_step=checkpoint.global_step)

@@ -41,6 +41,7 @@ import yaml
 
 from ssl_norms.runs import holds_checkpoints
 from ssl_norms.runs import runs_root as default_runs_root
+from ssl_norms.wandb_setup import SWEEP_ENV
 
 TOP_LEVEL_KEYS = {"name", "config", "fixed", "grid", "points", "description"}
 SPECIAL_KEYS = {"label", "config"}
@@ -261,7 +262,11 @@ def run_point(point: SweepPoint, run_cli: Callable[[list[str]], None], extra_arg
     resume = holds_checkpoints(point.run_dir)
     print(f"sweep {point.sweep} point {point.index} ({point.label}){' resuming' if resume else ''}: "
           f"{shlex.join(point.command(extra_args, resume))}", flush=True)
-    run_cli(point.fit_args(extra_args, resume))
+    os.environ[SWEEP_ENV] = point.sweep  # the point's W&B group, whatever its runs root
+    try:
+        run_cli(point.fit_args(extra_args, resume))
+    finally:
+        os.environ.pop(SWEEP_ENV, None)
 
 
 def sweep(

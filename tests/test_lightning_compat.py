@@ -152,7 +152,31 @@ def test_the_resumable_loader_is_the_protocol_the_callback_looks_for():
     assert [int(b[0][0]) for b in loader] == [6, 8]
 
 
-@pytest.mark.parametrize("name", ["is_logging_step", "epoch_batches_ready", "epoch_batches_processed"])
+class TinyValidated(Tiny):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_seen", float(self.trainer.global_step))
+
+
+class ValidationStep(L.Callback):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        self.steps.append(compat.logger_step(trainer))
+
+
+def test_logger_step_is_the_step_of_the_validation_metrics(tmp_path):
+    recorder = ValidationStep()
+    loader = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=2)  # 4 optimizer steps per epoch
+    trainer = L.Trainer(max_epochs=2, callbacks=[recorder], logger=CSVLogger(tmp_path, name="", version=""), num_sanity_val_steps=0,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(TinyValidated(), loader, loader)
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        written = [int(row["step"]) for row in csv.DictReader(handle) if row.get("val_seen")]
+    assert recorder.steps == written == [3, 7]
+
+
+@pytest.mark.parametrize("name", ["is_logging_step", "epoch_batches_ready", "epoch_batches_processed", "logger_step"])
 def test_every_fenced_reader_fails_loudly_when_its_internal_is_gone(name):
     with pytest.raises(AttributeError):
         getattr(compat, name)(object())

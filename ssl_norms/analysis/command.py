@@ -23,8 +23,9 @@ from ssl_norms.analysis.novelty import novelty
 from ssl_norms.analysis.opposite_pairs import opposite_pairs
 from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
 from ssl_norms.command_line import Member, Subcommands
-from ssl_norms.figures import WandbFigures, wandb_run_id
+from ssl_norms.figures import WandbFigures
 from ssl_norms.runs import RUN_FILES, create_unique_dir, timestamp
+from ssl_norms.wandb_setup import existing_run_id
 
 # name -> (function, aliases); the help line is the first line of the function's docstring
 ANALYSES: dict[str, tuple[Callable[..., AnalysisResult], tuple[str, ...]]] = {
@@ -118,7 +119,7 @@ def analyze(
     run_dir = run.run_dir if run is not None else (runs[0] if runs else None)
     if run_dir is None:
         raise ValueError(f"analysis {name!r} needs --runs DIR [DIR ...] or --ckpt")
-    use_wandb = wandb if wandb is not None else wandb_run_id(Path(run_dir)) is not None
+    use_wandb = wandb if wandb is not None else existing_run_id(Path(run_dir)) is not None
     figures = WandbFigures(Path(run_dir), run.config if run is not None else None) if use_wandb else None
     out_dir = out or create_unique_dir(Path(run_dir), f"analyze-{timestamp()}")
     try:

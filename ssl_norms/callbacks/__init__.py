@@ -5,5 +5,6 @@ from ssl_norms.callbacks.knn import OnlineKNN
 from ssl_norms.callbacks.linear_probe import OnlineLinearProbe
 from ssl_norms.callbacks.norm_monitor import EmbeddingNormMonitor
 from ssl_norms.callbacks.summary import RunSummary
+from ssl_norms.callbacks.wandb_media import WandbValidationMedia
 
-__all__ = ["CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "RunSummary"]
+__all__ = ["CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "RunSummary", "WandbValidationMedia"]

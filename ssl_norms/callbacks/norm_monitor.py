@@ -64,7 +64,8 @@ class EmbeddingNormMonitor(Callback):
     ``val/<set>/norm_mean``, ``norm_std``, ``norm_min``, ``norm_max``, ``norm_q<percent>`` and
     ``features_norm_mean``, where ``<set>`` is the DataModule's ``eval_set_names`` entry (e.g.
     ``cifar10_test``, ``mnist_test`` for extra evaluation sets). Only per-sample norms are kept,
-    gathered from all ranks and de-duplicated by sample index.
+    gathered from all ranks and de-duplicated by sample index; the last validation's stay readable in
+    ``val_norms`` (``{<set>: norms}``, e.g. for WandbValidationMedia's histograms).
 
     Args:
         quantiles: norm quantiles to log.
@@ -77,6 +78,7 @@ class EmbeddingNormMonitor(Callback):
         self.quantiles = tuple(quantiles)
         self.validation = validation
         self._val: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self.val_norms: dict[str, torch.Tensor] = {}
         self._configured_interval: int | None = None
         self._lr = math.nan
 
@@ -154,7 +156,7 @@ class EmbeddingNormMonitor(Callback):
 
     # ---- validation: norms per evaluation set -------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._val = {}
+        self._val, self.val_norms = {}, {}
 
     @torch.no_grad()
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -173,6 +175,7 @@ class EmbeddingNormMonitor(Callback):
             norms, feature_norms, index = (all_gather_rows(pl_module, torch.cat(t)) for t in zip(*parts))
             _, norms, feature_norms = unique_by_index(index, norms, feature_norms)
             name = names[idx] if idx < len(names) else f"dataloader_{idx}"
+            self.val_norms[name] = norms
             for key, value in self.summarise(norms, feature_norms).items():
                 metrics[f"val/{name}/{key.replace('/', '_')}"] = value
         pl_module.log_dict(metrics, add_dataloader_idx=False)
