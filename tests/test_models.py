@@ -5,10 +5,13 @@ import torch
 from jsonargparse import ArgumentParser
 
 from conftest import REPO, TINY_RESNET, write_image_folder
+from test_sweep import fit_parser  # noqa: F401  (the real `ssl-norms fit` parser, built once)
 from ssl_norms.cli import main
 from ssl_norms.methods import SimCLR
 from ssl_norms.models import build_backbone, mlp_head
+from ssl_norms.optim import build_optimizer
 
+METHODS = sorted(p.parent.name for p in (REPO / "configs").glob("*/cifar10.yaml") if p.parent.name != "data")
 VIT_CIFAR = ["--config", str(REPO / "configs" / "simclr" / "cifar10.yaml"), "--config", str(REPO / "configs" / "presets" / "vit_tiny_cifar.yaml")]
 
 
@@ -91,6 +94,23 @@ def test_mlp_backbone_hidden_layers_and_input_dim():
     for bad in (None, 0):
         with pytest.raises(ValueError, match="needs input_dim >= 1"):
             build_backbone("mlp", input_dim=bad)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_vit_preset_stacks_on_every_method_config(fit_parser, method):
+    """Its settings land on each method's own (a one-block ViT keeps this quick): the method trains
+    a step on 32 px views with AdamW and the no-decay group."""
+    config = fit_parser.parse_args(["fit", "--config", str(REPO / "configs" / method / "cifar10.yaml"), *VIT_CIFAR[2:]]).fit
+    module, name = config.model.class_path.rsplit(".", 1)
+    init_args = config.model.init_args.clone().as_dict()
+    assert (init_args["backbone"], init_args["optimizer"], init_args["exclude_bias_and_norm_from_wd"]) == ("vit_tiny_patch16_224", "adamw", True)
+    model = getattr(__import__(module, fromlist=[name]), name)(**{**init_args, "backbone_kwargs": {**init_args["backbone_kwargs"], "depth": 1}})
+    groups = model._split_weight_decay(model.parameter_groups())
+    assert {id(p) for g in groups if g.get("no_decay") for p in g["params"]} == model.no_weight_decay_parameters() & {
+        id(p) for g in groups for p in g["params"]}
+    optimizer = build_optimizer("adamw", groups, lr=init_args["lr"])
+    model.ssl_step([torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]).loss.backward()
+    optimizer.step()
 
 
 def test_the_vit_preset_trains_on_32_px_images_with_adamw_and_its_no_decay_group(tmp_path):
