@@ -12,7 +12,8 @@ from ssl_norms.models import build_backbone, mlp_head
 from ssl_norms.optim import build_optimizer
 
 METHODS = sorted(p.parent.name for p in (REPO / "configs").glob("*/cifar10.yaml") if p.parent.name != "data")
-VIT_CIFAR = ["--config", str(REPO / "configs" / "simclr" / "cifar10.yaml"), "--config", str(REPO / "configs" / "presets" / "vit_tiny_cifar.yaml")]
+VIT_CIFAR = ["--config", str(REPO / "configs" / "simclr" / "cifar10.yaml"),
+             "--config", str(REPO / "configs" / "presets" / "vit_tiny_cifar.yaml")]
 
 
 @pytest.mark.parametrize("width, expected_dim", [(64, 512), (16, 128)])
@@ -103,8 +104,10 @@ def test_the_vit_preset_stacks_on_every_method_config(fit_parser, method):
     config = fit_parser.parse_args(["fit", "--config", str(REPO / "configs" / method / "cifar10.yaml"), *VIT_CIFAR[2:]]).fit
     module, name = config.model.class_path.rsplit(".", 1)
     init_args = config.model.init_args.clone().as_dict()
-    assert (init_args["backbone"], init_args["optimizer"], init_args["exclude_bias_and_norm_from_wd"]) == ("vit_tiny_patch16_224", "adamw", True)
-    model = getattr(__import__(module, fromlist=[name]), name)(**{**init_args, "backbone_kwargs": {**init_args["backbone_kwargs"], "depth": 1}})
+    assert (init_args["backbone"], init_args["optimizer"], init_args["exclude_bias_and_norm_from_wd"]) == (
+        "vit_tiny_patch16_224", "adamw", True)
+    one_block = {**init_args["backbone_kwargs"], "depth": 1}
+    model = getattr(__import__(module, fromlist=[name]), name)(**{**init_args, "backbone_kwargs": one_block})
     groups = model._split_weight_decay(model.parameter_groups())
     assert {id(p) for g in groups if g.get("no_decay") for p in g["params"]} == model.no_weight_decay_parameters() & {
         id(p) for g in groups for p in g["params"]}

@@ -130,7 +130,9 @@ class SSLMethod(L.LightningModule):
         if not lars_eta > 0:
             raise ValueError(f"lars_eta must be > 0, got {lars_eta}")
         if len(adamw_betas) != 2 or not all(0 <= beta < 1 for beta in adamw_betas) or not adamw_eps > 0:
-            raise ValueError(f"adamw_betas must be two numbers in [0, 1) and adamw_eps > 0, got {list(adamw_betas)} and {adamw_eps}")
+            raise ValueError(
+                f"adamw_betas must be two numbers in [0, 1) and adamw_eps > 0, got {list(adamw_betas)} and {adamw_eps}"
+            )
         if nesterov and optimizer == "adamw":
             raise ValueError("nesterov applies to the sgd and lars optimizers, not adamw")
         self.save_hyperparameters()  # also records the subclass's arguments
@@ -250,8 +252,8 @@ class SSLMethod(L.LightningModule):
         for group in groups:
             group.setdefault("weight_decay", hp.weight_decay)
         optimizer = build_optimizer(
-            hp.optimizer, groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, lars_eta=hp.lars_eta, lars_clip=hp.lars_clip,
-            adamw_betas=hp.adamw_betas, adamw_eps=hp.adamw_eps,
+            hp.optimizer, groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, lars_eta=hp.lars_eta,
+            lars_clip=hp.lars_clip, adamw_betas=hp.adamw_betas, adamw_eps=hp.adamw_eps,
         )
         per_epoch = self.steps_per_epoch(hp.schedule_unit)
         epochs = hp.schedule_epochs if hp.schedule_epochs is not None else self.trainer.max_epochs
