@@ -230,6 +230,7 @@ class SSLNormsCLI(LightningCLI):
         views = getattr(self.datamodule, "num_views", None)
         if self.subcommand == "fit" and views is not None:
             self.model.check_views([None] * views)  # refused now, not at the first training step
+        self.model.check_input_size(getattr(self.datamodule, "eval_image_size", None))  # likewise, not at the first forward
 
     def instantiate_trainer(self, **kwargs):
         # Every run keeps last.ckpt in <run_dir>/checkpoints and stops cleanly on a non-finite loss.

@@ -7,7 +7,8 @@ instead of silently changing what a callback logs or where a resumed run continu
 
 * :func:`is_logging_step` reads ``Trainer._logger_connector.should_update_logs`` and
   ``fit_loop._should_accumulate()`` (EmbeddingNormMonitor computes its statistics only on the
-  micro-batches whose step values Lightning writes).
+  micro-batches whose step values Lightning writes; ``callbacks.lr_monitor.LearningRateMonitor``
+  writes the lr at that micro-batch's start, once per optimizer step).
 * :func:`set_log_every_n_steps` relies on ``should_update_logs`` reading ``Trainer.log_every_n_steps``
   at every step (EmbeddingNormMonitor shortens an interval longer than an epoch during fit).
 * :func:`epoch_batches_ready` and :func:`epoch_batches_processed` read the training loop's

@@ -15,6 +15,9 @@ released code actually ran, so that "as stated" and "as run" are both real, name
   optimizer step sees the *sum* of k mean gradients (``training_loop.py:176-189``).
 * ``optimizer="lars"``: IsoLoss and FroSSL train with solo-learn's LARS; this is timm's
   :class:`~timm.optim.Lars` with solo-learn's parameter-group rule (see :func:`build_optimizer`).
+
+``optimizer="adamw"`` (torch's AdamW) is for backbones trained that way, such as ViTs; every optimizer
+runs the same step-counted schedules.
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ from torch import Tensor
 LrSchedule = Literal["warmup_cosine", "released_get_lr"]
 ScheduleUnit = Literal["optimizer_step", "micro_batch"]
 Accumulation = Literal["mean", "sum"]
-OptimizerName = Literal["sgd", "lars"]
+OptimizerName = Literal["sgd", "lars", "adamw"]
 
 LR_SCHEDULES = ("warmup_cosine", "released_get_lr")
 SCHEDULE_UNITS = ("optimizer_step", "micro_batch")
 ACCUMULATIONS = ("mean", "sum")
-OPTIMIZERS = ("sgd", "lars")
+OPTIMIZERS = ("sgd", "lars", "adamw")
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, floor: float, warmup_start: float = 0.0) -> float:
@@ -83,16 +86,31 @@ def lr_factor(
     return lambda step: warmup_cosine_factor(step, warmup_steps, total_steps, floor, warmup_start)
 
 
+def split_weight_decay(groups: list[dict[str, Any]], no_decay: set[int]) -> list[dict[str, Any]]:
+    """Each group split in two: its parameters with weight decay, and those whose ``id`` is in
+    ``no_decay`` with ``weight_decay: 0`` and ``no_decay: True`` (which also keeps LARS from adapting
+    them, see :func:`build_optimizer`). Empty groups are dropped; the other keys of a group are kept."""
+    split = []
+    for group in groups:
+        decay = [p for p in group["params"] if id(p) not in no_decay]
+        excluded = [p for p in group["params"] if id(p) in no_decay]
+        split += [{**group, "params": decay}, {**group, "params": excluded, "weight_decay": 0.0, "no_decay": True}]
+    return [g for g in split if g["params"]]
+
+
 def build_optimizer(
-    name: str, groups: list[dict[str, Any]], *, lr: float, momentum: float, nesterov: bool, lars_eta: float, lars_clip: bool
+    name: str, groups: list[dict[str, Any]], *, lr: float, momentum: float = 0.9, nesterov: bool = False,
+    lars_eta: float = 1e-3, lars_clip: bool = False, adamw_betas: tuple[float, float] = (0.9, 0.999), adamw_eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
-    """SGD, or LARS with solo-learn's rule (``solo/utils/lars.py``, ``exclude_bias_n_norm``): groups
-    without weight decay (the biases and norm parameters split off by
-    ``exclude_bias_and_norm_from_wd``) get neither the trust ratio nor weight decay; every other group
-    is adapted, also with ``weight_decay: 0``. ``lars_clip`` is LARC clipping of the trust ratio at
-    ``lr`` (solo-learn's ``clip_lr``)."""
+    """SGD, AdamW, or LARS with solo-learn's rule (``solo/utils/lars.py``, ``exclude_bias_n_norm``):
+    groups without weight decay (the ``no_decay`` groups of :func:`split_weight_decay`) get neither the
+    trust ratio nor weight decay; every other group is adapted, also with ``weight_decay: 0``.
+    ``lars_clip`` is LARC clipping of the trust ratio at ``lr`` (solo-learn's ``clip_lr``). Each
+    group's ``weight_decay`` is the caller's: AdamW's is decoupled, SGD's and LARS's an L2 term."""
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(adamw_betas), eps=adamw_eps)
     from timm.optim import Lars
 
     for group in groups:

@@ -4,8 +4,16 @@ import pytest
 import torch
 from jsonargparse import ArgumentParser
 
+from conftest import REPO, TINY_RESNET, write_image_folder
+from test_sweep import fit_parser  # noqa: F401  (the real `ssl-norms fit` parser, built once)
+from ssl_norms.cli import main
 from ssl_norms.methods import SimCLR
 from ssl_norms.models import build_backbone, mlp_head
+from ssl_norms.optim import build_optimizer
+
+METHODS = sorted(p.parent.name for p in (REPO / "configs").glob("*/cifar10.yaml") if p.parent.name != "data")
+VIT_CIFAR = ["--config", str(REPO / "configs" / "simclr" / "cifar10.yaml"),
+             "--config", str(REPO / "configs" / "presets" / "vit_tiny_cifar.yaml")]
 
 
 @pytest.mark.parametrize("width, expected_dim", [(64, 512), (16, 128)])
@@ -87,3 +95,60 @@ def test_mlp_backbone_hidden_layers_and_input_dim():
     for bad in (None, 0):
         with pytest.raises(ValueError, match="needs input_dim >= 1"):
             build_backbone("mlp", input_dim=bad)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_vit_preset_stacks_on_every_method_config(fit_parser, method):
+    """Its settings land on each method's own (a one-block ViT keeps this quick): the method trains
+    a step on 32 px views with AdamW and the no-decay group."""
+    config = fit_parser.parse_args(["fit", "--config", str(REPO / "configs" / method / "cifar10.yaml"), *VIT_CIFAR[2:]]).fit
+    module, name = config.model.class_path.rsplit(".", 1)
+    init_args = config.model.init_args.clone().as_dict()
+    assert (init_args["backbone"], init_args["optimizer"], init_args["exclude_bias_and_norm_from_wd"]) == (
+        "vit_tiny_patch16_224", "adamw", True)
+    one_block = {**init_args["backbone_kwargs"], "depth": 1}
+    model = getattr(__import__(module, fromlist=[name]), name)(**{**init_args, "backbone_kwargs": one_block})
+    groups = model._split_weight_decay(model.parameter_groups())
+    assert {id(p) for g in groups if g.get("no_decay") for p in g["params"]} == model.no_weight_decay_parameters() & {
+        id(p) for g in groups for p in g["params"]}
+    optimizer = build_optimizer("adamw", groups, lr=init_args["lr"])
+    model.ssl_step([torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]).loss.backward()
+    optimizer.step()
+
+
+def test_the_vit_preset_trains_on_32_px_images_with_adamw_and_its_no_decay_group(tmp_path):
+    """The preset on a method config, one optimizer step on 32 px images: ViT-Tiny with 4 px patches,
+    AdamW, decay on the weight matrices only."""
+    images = write_image_folder(tmp_path / "images", {"train": 2, "test": 2})
+    run_dir = tmp_path / "run"
+    main(["fit", *VIT_CIFAR, *TINY_RESNET, "--data.init_args.root", str(images), "--data.init_args.batch_size", "4",
+          "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--model.init_args.warmup_epochs", "0",
+          "--run_dir", str(run_dir)])
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["backbone"] == "vit_tiny_patch16_224" and hparams["backbone_kwargs"] == {"img_size": 32, "patch_size": 4}
+    assert checkpoint["state_dict"]["backbone.pos_embed"].shape == (1, 1 + 8 * 8, 192)
+    assert checkpoint["global_step"] == 1
+    (state,) = checkpoint["optimizer_states"]
+    decayed, exempt = state["param_groups"]
+    assert (decayed["weight_decay"], exempt["weight_decay"], decayed["initial_lr"]) == (0.05, 0.0, pytest.approx(5e-4))
+    assert decayed["betas"] == exempt["betas"] == (0.9, 0.999)
+    shapes = {name: [tuple(state["state"][i]["exp_avg"].shape) for i in group["params"]] for name, group in
+              (("decayed", decayed), ("exempt", exempt))}
+    tokens = [(1, 1, 192), (1, 65, 192)]  # the class token and position embedding (timm's no_weight_decay())
+    assert all(len(shape) >= 2 for shape in shapes["decayed"]) and not set(tokens) & set(shapes["decayed"])
+    assert [shape for shape in shapes["exempt"] if len(shape) > 1] == tokens and len(shapes["exempt"]) > 2
+    assert all(s["step"] == 1 for s in state["state"].values())  # every parameter took its AdamW step
+
+
+def test_a_misfitting_input_size_is_refused_before_any_run_folder_exists(tmp_path, capsys):
+    """Found when the model and data are built, before the run starts: one line, exit 2, no folder."""
+    images = write_image_folder(tmp_path / "images", {"train": 2, "test": 2})
+    run_dir = tmp_path / "runs" / "new"
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", *VIT_CIFAR, *TINY_RESNET, "--data.init_args.root", str(images), "--model.init_args.backbone_kwargs",
+              "{img_size: 64, patch_size: 8}", "--run_dir", str(run_dir)])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == ("ssl-norms: error: backbone vit_tiny_patch16_224 takes 64x64 images, got 32x32: build it "
+                                       "for this size with --model.init_args.backbone_kwargs '{img_size: 32, patch_size: 4}'\n")
+    assert not (tmp_path / "runs").exists()

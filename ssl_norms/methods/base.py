@@ -7,18 +7,20 @@ and the typed training and evaluation outputs.
 from __future__ import annotations
 
 import math
+from fnmatch import fnmatch
 from typing import Any, Callable, ClassVar
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
 from ssl_norms.contract import EmbeddedBatch, SSLStep
 from ssl_norms.models import build_backbone
+from ssl_norms.models.backbones import input_size_error
 from ssl_norms.optim import (
     ACCUMULATIONS, LR_SCHEDULES, OPTIMIZERS, SCHEDULE_UNITS, Accumulation, LrSchedule, OptimizerName, ScheduleUnit,
-    build_optimizer, lr_factor, scale_gradients,
+    build_optimizer, lr_factor, scale_gradients, split_weight_decay,
 )
 from ssl_norms.optim import warmup_cosine_factor  # noqa: F401  (its former home; tests import it from here)
 
@@ -45,10 +47,6 @@ def _check_layer_dims(hparams: dict[str, Any]) -> None:
             raise ValueError(f"{name} must list at least one layer width, got []")
 
 
-def _is_bias_or_norm(param: nn.Parameter) -> bool:
-    return param.ndim <= 1  # biases and BatchNorm/LayerNorm affine parameters are 1-d
-
-
 class SSLMethod(L.LightningModule):
     """Base of every method. Subclasses build their heads, implement ``embed_features`` and
     ``ssl_step``, and set ``accepted_views`` when their loss takes other than exactly 2 views.
@@ -61,15 +59,19 @@ class SSLMethod(L.LightningModule):
         backbone_kwargs: further arguments of a timm backbone, e.g. ``{img_size: 32, patch_size: 4}``
             for a ViT on 32 px images.
         lr: peak learning rate (absolute), reached at the end of warmup.
-        momentum / nesterov / weight_decay: SGD settings.
-        exclude_bias_and_norm_from_wd: no weight decay on biases and normalisation parameters.
+        momentum / nesterov: SGD's and LARS's momentum; weight_decay: every optimizer's (AdamW's is decoupled).
+        exclude_bias_and_norm_from_wd: no weight decay (and with LARS no trust ratio) on biases,
+            normalisation parameters and what a timm backbone declares in ``no_weight_decay()`` (a
+            ViT's position embedding and class token). Off by default, as the paper's runs decayed every
+            parameter; ViT training (the ``configs/presets/vit_tiny_cifar.yaml`` preset) turns it on.
         warmup_epochs: linear warmup length, in epochs (fractions allowed); counted in optimizer steps.
         warmup_start_factor: lr at step 0 as a fraction of ``lr``.
         min_lr: absolute lr at the end of the cosine (``released_get_lr``: get_lr's ``lr_min``).
         zero_init_residual: zero the last BatchNorm scale of every residual block (torchvision's
             option; the paper's released code sets it).
-        optimizer: ``sgd`` or ``lars`` (timm's LARS with solo-learn's rule, see ``ssl_norms.optim``);
-            ``lars_eta`` is its trust coefficient, ``lars_clip`` clips the trust ratio at ``lr``.
+        optimizer: ``sgd``, ``lars`` (timm's LARS with solo-learn's rule, see ``ssl_norms.optim``) or
+            ``adamw`` (torch's); ``lars_eta`` is LARS's trust coefficient, ``lars_clip`` clips the trust
+            ratio at ``lr``; ``adamw_betas`` and ``adamw_eps`` are AdamW's. All follow ``lr_schedule``.
         lr_schedule: ``warmup_cosine`` (absolute lr units) or ``released_get_lr`` (the paper code's
             absolute-lr function used as LambdaLR's multiplier: ``lr**2`` at the peak).
         schedule_unit: epochs of the schedule measured in optimizer steps (``optimizer_step``) or in
@@ -104,6 +106,8 @@ class SSLMethod(L.LightningModule):
         optimizer: OptimizerName = "sgd",
         lars_eta: float = 1e-3,
         lars_clip: bool = False,
+        adamw_betas: tuple[float, float] = (0.9, 0.999),
+        adamw_eps: float = 1e-8,
         lr_schedule: LrSchedule = "warmup_cosine",
         schedule_unit: ScheduleUnit = "optimizer_step",
         schedule_epochs: float | None = None,
@@ -125,6 +129,12 @@ class SSLMethod(L.LightningModule):
             raise ValueError(f"schedule_epochs must exceed warmup_epochs ({warmup_epochs}), got {schedule_epochs}")
         if not lars_eta > 0:
             raise ValueError(f"lars_eta must be > 0, got {lars_eta}")
+        if len(adamw_betas) != 2 or not all(0 <= beta < 1 for beta in adamw_betas) or not adamw_eps > 0:
+            raise ValueError(
+                f"adamw_betas must be two numbers in [0, 1) and adamw_eps > 0, got {list(adamw_betas)} and {adamw_eps}"
+            )
+        if nesterov and optimizer == "adamw":
+            raise ValueError("nesterov applies to the sgd and lars optimizers, not adamw")
         self.save_hyperparameters()  # also records the subclass's arguments
         _check_layer_dims(self.hparams)
         self.backbone, self.feature_dim = build_backbone(
@@ -157,6 +167,13 @@ class SSLMethod(L.LightningModule):
         else:
             accepted, fix = f"uses {fewest} to {most}", f"between {fewest} and {most}"
         raise ValueError(f"{name} {accepted} views, got {len(views)}: set --data.init_args.num_views {fix}")
+
+    def check_input_size(self, size: int | None) -> None:
+        """A one-line error naming the fix unless the backbone takes ``size`` x ``size`` images (None:
+        not image data); the CLI calls it before the run starts, so a misfit never reaches a forward pass."""
+        error = input_size_error(self.hparams.backbone, self.backbone, size, size) if size is not None else None
+        if error:
+            raise ValueError(error)
 
     def loss_space(self, z: Tensor, norm_source: Tensor | None = None) -> Tensor:
         """``z`` through every hook; ``norm_source`` is the loss-space embedding when it is not ``z``."""
@@ -206,15 +223,17 @@ class SSLMethod(L.LightningModule):
         (SimSiam's predictor option); methods override to add such groups."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def no_weight_decay_parameters(self) -> set[int]:
+        """``id``s of the parameters ``exclude_bias_and_norm_from_wd`` exempts: the 1-d ones (biases,
+        BatchNorm/LayerNorm affine parameters) and those the backbone names in timm's ``no_weight_decay()``."""
+        declared = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else set()
+        named = {id(p) for name, p in self.backbone.named_parameters() if any(fnmatch(name, pattern) for pattern in declared)}
+        return named | {id(p) for p in self.parameters() if p.ndim <= 1}
+
     def _split_weight_decay(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not self.hparams.exclude_bias_and_norm_from_wd:
             return groups
-        split = []
-        for group in groups:
-            decay = [p for p in group["params"] if not _is_bias_or_norm(p)]
-            no_decay = [p for p in group["params"] if _is_bias_or_norm(p)]
-            split += [{**group, "params": decay}, {**group, "params": no_decay, "weight_decay": 0.0, "no_decay": True}]
-        return [g for g in split if g["params"]]
+        return split_weight_decay(groups, self.no_weight_decay_parameters())
 
     def steps_per_epoch(self, unit: str = "optimizer_step") -> int:
         """Schedule steps per epoch: optimizer steps (micro-batches / accumulation), so schedules count
@@ -233,7 +252,8 @@ class SSLMethod(L.LightningModule):
         for group in groups:
             group.setdefault("weight_decay", hp.weight_decay)
         optimizer = build_optimizer(
-            hp.optimizer, groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, lars_eta=hp.lars_eta, lars_clip=hp.lars_clip
+            hp.optimizer, groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, lars_eta=hp.lars_eta,
+            lars_clip=hp.lars_clip, adamw_betas=hp.adamw_betas, adamw_eps=hp.adamw_eps,
         )
         per_epoch = self.steps_per_epoch(hp.schedule_unit)
         epochs = hp.schedule_epochs if hp.schedule_epochs is not None else self.trainer.max_epochs
@@ -242,10 +262,12 @@ class SSLMethod(L.LightningModule):
         else:
             total_steps = max(1, int(round(epochs * per_epoch)))
         warmup_steps = int(round(hp.warmup_epochs * per_epoch))
-        if warmup_steps > total_steps:
+        trained = self.trainer.estimated_stepping_batches  # this run's optimizer steps, whatever the schedule's length
+        trained = max(1, int(trained)) if math.isfinite(trained) else math.inf
+        if warmup_steps >= trained:
+            relation, sign = ("as long as", "=") if warmup_steps == trained else ("longer than", ">")
             rank_zero_warn(
-                f"warmup_epochs {hp.warmup_epochs:g} is longer than training ({warmup_steps} > {total_steps} "
-                f"{'optimizer steps' if hp.schedule_unit == 'optimizer_step' else 'micro-batches'}): "
+                f"warmup_epochs {hp.warmup_epochs:g} is {relation} training ({warmup_steps} {sign} {trained} optimizer steps): "
                 f"warmup never finishes and the lr never reaches its peak"
             )
         factor = lr_factor(

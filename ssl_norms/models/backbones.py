@@ -74,7 +74,8 @@ def mlp_backbone(input_dim: int, hidden_dims: list[int]) -> tuple[nn.Module, int
 def timm_backbone(name: str, **kwargs) -> tuple[nn.Module, int]:
     """Any timm model without its classifier; ``kwargs`` go to ``timm.create_model`` (a ViT for
     32 px images: ``img_size=32, patch_size=4``). A model built for one input size (a ViT's patch
-    embedding) refuses other sizes at its first batch with one line saying how to rebuild it."""
+    embedding) refuses other sizes with one line saying how to rebuild it: :func:`input_size_error`
+    before training, and at any forward pass instead of timm's assertion deep in the patch embedding."""
     import timm  # imported lazily: timm's import is slow and most runs use torchvision
 
     try:
@@ -85,23 +86,38 @@ def timm_backbone(name: str, **kwargs) -> tuple[nn.Module, int]:
         ) from err
     except TypeError as err:  # an argument the model's constructor does not take
         raise ValueError(f"backbone {name} does not take backbone_kwargs {kwargs}: {err}") from err
-    patch_embed = getattr(net, "patch_embed", None)
-    if getattr(patch_embed, "strict_img_size", False) and getattr(patch_embed, "img_size", None):
-        net.register_forward_pre_hook(functools.partial(_check_input_size, name, tuple(patch_embed.img_size), patch_embed.patch_size[0]))
+    if fixed_input_size(net) is not None:
+        net.register_forward_pre_hook(functools.partial(_refuse_other_sizes, name))
     return net, net.num_features
 
 
-def _check_input_size(name: str, expected: tuple[int, int], patch: int, module: nn.Module, args: tuple) -> None:
-    """Forward pre-hook: the one-line refusal instead of timm's assertion deep in the patch embedding."""
-    height, width = args[0].shape[-2:]
-    if (height, width) == expected:
-        return
+def fixed_input_size(net: nn.Module) -> tuple[int, int] | None:
+    """(height, width) of the only images ``net`` takes (a timm patch embedding with a strict size), else None."""
+    patch_embed = getattr(net, "patch_embed", None)
+    if getattr(patch_embed, "strict_img_size", False) and getattr(patch_embed, "img_size", None):
+        return tuple(patch_embed.img_size)
+    return None
+
+
+def input_size_error(name: str, net: nn.Module, height: int, width: int) -> str | None:
+    """The one-line refusal of ``height`` x ``width`` images by backbone ``name``, with the
+    ``backbone_kwargs`` that rebuild it for them (a smaller patch when fewer than 8 would fit a side);
+    None when the size fits."""
+    expected = fixed_input_size(net)
+    if expected is None or (height, width) == expected:
+        return None
+    patch = net.patch_embed.patch_size[0]
     size = height if height == width else [height, width]
     fix = f"img_size: {size}" + (f", patch_size: {max(1, min(height, width) // 8)}" if min(height, width) // patch < 8 else "")
-    raise ValueError(
-        f"backbone {name} takes {expected[0]}x{expected[1]} images, got {height}x{width}: "
-        f"build it for this size with --model.init_args.backbone_kwargs '{{{fix}}}'"
-    )
+    return (f"backbone {name} takes {expected[0]}x{expected[1]} images, got {height}x{width}: "
+            f"build it for this size with --model.init_args.backbone_kwargs '{{{fix}}}'")
+
+
+def _refuse_other_sizes(name: str, module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook of :func:`timm_backbone`."""
+    error = input_size_error(name, module, *args[0].shape[-2:])
+    if error:
+        raise ValueError(error)
 
 
 def build_backbone(
