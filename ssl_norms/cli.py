@@ -38,13 +38,14 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import ssl_norms.callbacks  # noqa: F401  (makes callback class names resolvable in YAML)
 from ssl_norms.bad_input import UsageError, check_trainer
 from ssl_norms.callbacks import NonFiniteGuard
 from ssl_norms.callbacks.global_batch import GlobalBatchLog
+from ssl_norms.callbacks.progress import ModelSummary as QuietModelSummary, ProgressLines
 from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
 from ssl_norms.commands import LIGHTNING_COMMANDS
 from ssl_norms.data import SSLDataModule
@@ -234,6 +235,14 @@ class SSLNormsCLI(LightningCLI):
         for default in (NonFiniteGuard, GlobalBatchLog, ReproducibleResume):
             if not any(isinstance(c, default) for c in callbacks):
                 callbacks.append(default())
+        quiet, barebones = {}, bool(trainer_config.get("barebones"))
+        if (not barebones and trainer_config.get("enable_model_summary") is not False
+                and not any(isinstance(c, ModelSummary) for c in callbacks)):
+            callbacks.append(QuietModelSummary())
+            quiet["enable_model_summary"] = False  # ours replaces Lightning's default, without its note saying so
+        if (not barebones and trainer_config.get("enable_progress_bar") is not False and not sys.stdout.isatty()
+                and not any(isinstance(c, ProgressBar) for c in callbacks)):
+            callbacks.append(ProgressLines())  # off a terminal a bar only draws its final state
         if self.changes and self.subcommand == "fit":
             callbacks.append(ApplyResumeChanges(self.changes, self.checkpoint.global_step))
         if self.owner:
@@ -243,7 +252,7 @@ class SSLNormsCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         try:
-            trainer = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks, "plugins": plugins})
+            trainer = super().instantiate_trainer(**{**kwargs, **quiet, "callbacks": callbacks, "plugins": plugins})
         except (MisconfigurationException, TypeError, ValueError) as err:  # Lightning refusing --trainer.* settings
             raise UsageError(f"--trainer: {err}") from err
         check_sync_batchnorm(trainer, bool(trainer_config.get("sync_batchnorm")))

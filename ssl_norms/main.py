@@ -93,7 +93,6 @@ def main(argv: list[str] | None = None) -> None:
     for the others. Whatever fails, stderr gets one line (:func:`failure`); ``SSL_NORMS_DEBUG=1``
     raises instead, with the traceback."""
     words = list(sys.argv[1:] if argv is None else argv)
-    _lightning_info_to_stdout()
     _quiet_known_deprecations()
     try:
         if words[:1] in (["-h"], ["--help"]):
@@ -106,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             check_config_files(words[1:])
             from ssl_norms.cli import run_lightning_cli  # torch and Lightning: only for their commands
 
+            _lightning_info_to_stdout()  # after Lightning's import, which adds its own handler
             run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     except (Exception, KeyboardInterrupt) as err:
         if os.environ.get("SSL_NORMS_DEBUG"):
