@@ -17,8 +17,14 @@ from ssl_norms.commands import COMMANDS, LIGHTNING_COMMANDS, run_command, usage
 
 # Lightning's messages nobody asked for, by their start: its adverts for its cloud services.
 UNASKED_INFO = ("💡 Tip: For seamless cloud logging", "💡 Tip: For seamless cloud uploads")
-# Deprecations inside our dependencies, not in anything a user wrote: (message regex, category).
-KNOWN_DEPRECATIONS = ((r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),)
+# Warnings about nothing a user wrote or can change: (message regex, category, module regex).
+EXPECTED_WARNINGS = (
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
+    # a run dir holds only its own checkpoints (the run lock): continuing a run is not a hazard
+    (r"Checkpoint directory .* exists and is not empty", UserWarning, r"lightning\.pytorch\.callbacks\.model_checkpoint"),
+    # validate/test write into their own folder, not the checkpoint's, by design
+    (r"The dirpath has changed from", UserWarning, r"lightning\.pytorch\.callbacks\.model_checkpoint"),
+)
 
 
 class _Stdout(logging.StreamHandler):
@@ -51,9 +57,9 @@ def _lightning_info_to_stdout() -> None:
         logger.addHandler(info)
 
 
-def _quiet_known_deprecations() -> None:
-    for message, category in KNOWN_DEPRECATIONS:
-        warnings.filterwarnings("ignore", message, category)
+def _quiet_expected_warnings() -> None:
+    for message, category, module in EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message, category, module)
 
 
 def _loaded_types(*names: str) -> tuple[type, ...]:
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     for the others. Whatever fails, stderr gets one line (:func:`failure`); ``SSL_NORMS_DEBUG=1``
     raises instead, with the traceback."""
     words = list(sys.argv[1:] if argv is None else argv)
-    _quiet_known_deprecations()
+    _quiet_expected_warnings()
     try:
         if words[:1] in (["-h"], ["--help"]):
             print(usage())

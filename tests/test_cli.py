@@ -155,6 +155,24 @@ def test_fit_off_a_terminal_prints_progress_lines_and_no_noise(tmp_path):
     found = [noise for noise in NOISE if noise in done.stdout + done.stderr]
     assert found == [], done.stdout + done.stderr
 
+    resumed, _ = entry_point(["fit", *TINY_DEMO, "--trainer.max_epochs", "3", "--run_dir", str(run_dir), "--ckpt_path", "last"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")][-1].startswith("epoch 3/3  step 24/24  ")
+    assert resumed.stderr.splitlines() == [f"ssl-norms: --ckpt_path last: resuming {run_dir} from last.ckpt (global step 16)"]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_terminal_keeps_lightnings_progress_bar(tmp_path, monkeypatch, terminal):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from ssl_norms.callbacks import ProgressLines
+    from ssl_norms.cli import run_lightning_cli
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    cli = run_lightning_cli(["fit", *TINY_DEMO, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                             "--trainer.limit_val_batches", "1", "--run_dir", str(tmp_path / "run")])
+    assert type(cli.trainer.progress_bar_callback) is (RichProgressBar if terminal else ProgressLines)
+
 
 def test_wandb_logger_runs_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
