@@ -161,6 +161,14 @@ def test_fit_off_a_terminal_prints_progress_lines_and_no_noise(tmp_path):
     assert resumed.stderr.splitlines() == [f"ssl-norms: --ckpt_path last: resuming {run_dir} from last.ckpt (global step 16)"]
 
 
+@pytest.mark.parametrize("every_n_steps, every_seconds", [(0, 30.0), (50, 0.0)])
+def test_progress_lines_refuse_a_cadence_that_never_prints(every_n_steps, every_seconds):
+    from ssl_norms.callbacks import ProgressLines
+
+    with pytest.raises(ValueError, match="every_n_steps must be >= 1 and every_seconds > 0"):
+        ProgressLines(every_n_steps, every_seconds)
+
+
 @pytest.mark.parametrize("terminal", [True, False])
 def test_a_terminal_keeps_lightnings_progress_bar(tmp_path, monkeypatch, terminal):
     from lightning.pytorch.callbacks import RichProgressBar

@@ -55,8 +55,8 @@ class ProgressLines(ProgressBar):
             self._last_time, self._batches_since = time.monotonic(), 0
 
     def line(self, trainer, pl_module, batch_idx: int, rate: float) -> str:
-        per_epoch = self.total_train_batches
-        done = trainer.current_epoch * per_epoch + batch_idx + 1
+        per_epoch = self.total_train_batches  # inf for a dataset of unknown length
+        done = (trainer.current_epoch * per_epoch if math.isfinite(per_epoch) else 0) + batch_idx + 1
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         total = epochs * per_epoch if epochs is not None and math.isfinite(per_epoch) else None
         parts = [f"epoch {trainer.current_epoch + 1}/{epochs or '?'}", f"step {done}/{total or '?'}", f"{rate:.2f} it/s"]
