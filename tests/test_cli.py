@@ -147,9 +147,9 @@ def test_fit_off_a_terminal_prints_progress_lines_and_no_noise(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
     assert len(lines) >= 2, done.stdout
-    for field in ("step ", " it/s", "train/loss ", "norm/mean ", "lr ", "ETA "):
+    for field in ("batch ", " it/s", "train/loss ", "norm/mean ", "lr ", "ETA "):
         assert all(field in line for line in lines), (field, lines)
-    assert lines[-1].startswith("epoch 2/2  step 16/16  ")  # 512 samples / batch 64 = 8 batches per epoch
+    assert lines[-1].startswith("epoch 2/2  batch 16/16  ")  # 512 samples / batch 64 = 8 batches per epoch
     assert f"run directory: {run_dir}\n" in done.stdout  # one line, to copy
     assert not any(line.startswith("Epoch ") for line in done.stdout.splitlines())  # no bar drawn into the pipe
     found = [noise for noise in NOISE if noise in done.stdout + done.stderr]
@@ -157,16 +157,16 @@ def test_fit_off_a_terminal_prints_progress_lines_and_no_noise(tmp_path):
 
     resumed, _ = entry_point(["fit", *TINY_DEMO, "--trainer.max_epochs", "3", "--run_dir", str(run_dir), "--ckpt_path", "last"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")][-1].startswith("epoch 3/3  step 24/24  ")
+    assert [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")][-1].startswith("epoch 3/3  batch 24/24  ")
     assert resumed.stderr.splitlines() == [f"ssl-norms: --ckpt_path last: resuming {run_dir} from last.ckpt (global step 16)"]
 
 
-@pytest.mark.parametrize("every_n_steps, every_seconds", [(0, 30.0), (50, 0.0)])
-def test_progress_lines_refuse_a_cadence_that_never_prints(every_n_steps, every_seconds):
+@pytest.mark.parametrize("every_n_batches, every_seconds", [(0, 30.0), (50, 0.0)])
+def test_progress_lines_refuse_a_cadence_that_never_prints(every_n_batches, every_seconds):
     from ssl_norms.callbacks import ProgressLines
 
-    with pytest.raises(ValueError, match="every_n_steps must be >= 1 and every_seconds > 0"):
-        ProgressLines(every_n_steps, every_seconds)
+    with pytest.raises(ValueError, match="every_n_batches must be >= 1 and every_seconds > 0"):
+        ProgressLines(every_n_batches, every_seconds)
 
 
 @pytest.mark.parametrize("terminal", [True, False])

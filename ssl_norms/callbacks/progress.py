@@ -17,22 +17,23 @@ FIXED = ("train/loss", "norm/mean")  # shown first, in this order; other progres
 
 
 class ProgressLines(ProgressBar):
-    """One plain line every ``every_n_steps`` training batches or ``every_seconds`` seconds,
-    whichever comes first, and at the end of every epoch: epoch, batch / total batches of the fit,
+    """One plain line every ``every_n_batches`` training batches or ``every_seconds`` seconds,
+    whichever comes first, and at the end of every epoch: epoch, batch / total batches of the fit
+    (batches, not optimizer steps: they differ with gradient accumulation),
     it/s since the last line, the progress-bar metrics (``train/loss``, ``norm/mean``, k-NN ...),
     the lr of the first parameter group and the ETA of the remaining training batches.
     ``ssl-norms fit`` uses it instead of the progress bar when stdout is not a terminal.
 
     Args:
-        every_n_steps: a line after this many training batches at the latest.
+        every_n_batches: a line after this many training batches at the latest.
         every_seconds: a line after this many seconds at the latest.
     """
 
-    def __init__(self, every_n_steps: int = 50, every_seconds: float = 30.0) -> None:
+    def __init__(self, every_n_batches: int = 50, every_seconds: float = 30.0) -> None:
         super().__init__()
-        if every_n_steps < 1 or every_seconds <= 0:
-            raise ValueError(f"ProgressLines: every_n_steps must be >= 1 and every_seconds > 0, got {every_n_steps} and {every_seconds}")
-        self.every_n_steps, self.every_seconds = every_n_steps, every_seconds
+        if every_n_batches < 1 or every_seconds <= 0:
+            raise ValueError(f"ProgressLines: every_n_batches must be >= 1 and every_seconds > 0, got {every_n_batches} and {every_seconds}")
+        self.every_n_batches, self.every_seconds = every_n_batches, every_seconds
         self._enabled = True
         self._last_time = 0.0
         self._batches_since = 0
@@ -50,7 +51,7 @@ class ProgressLines(ProgressBar):
         self._batches_since += 1
         elapsed = time.monotonic() - self._last_time
         epoch_end = batch_idx + 1 >= self.total_train_batches
-        if self._enabled and (epoch_end or self._batches_since >= self.every_n_steps or elapsed >= self.every_seconds):
+        if self._enabled and (epoch_end or self._batches_since >= self.every_n_batches or elapsed >= self.every_seconds):
             print(self.line(trainer, pl_module, batch_idx, self._batches_since / max(elapsed, 1e-9)), flush=True)
             self._last_time, self._batches_since = time.monotonic(), 0
 
@@ -59,7 +60,7 @@ class ProgressLines(ProgressBar):
         done = (trainer.current_epoch * per_epoch if math.isfinite(per_epoch) else 0) + batch_idx + 1
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         total = epochs * per_epoch if epochs is not None and math.isfinite(per_epoch) else None
-        parts = [f"epoch {trainer.current_epoch + 1}/{epochs or '?'}", f"step {done}/{total or '?'}", f"{rate:.2f} it/s"]
+        parts = [f"epoch {trainer.current_epoch + 1}/{epochs or '?'}", f"batch {done}/{total or '?'}", f"{rate:.2f} it/s"]
         metrics = {key: value for key, value in self.get_metrics(trainer, pl_module).items() if key != "v_num"}
         for key in (*[key for key in FIXED if key in metrics], *[key for key in metrics if key not in FIXED]):
             parts.append(f"{key} {_number(metrics[key])}")
