@@ -27,11 +27,9 @@ CSVLogger (``metrics.csv``, kept across resumes) next to any other logger.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import warnings
-from argparse import ArgumentError
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -41,22 +39,23 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 import ssl_norms.callbacks  # noqa: F401  (makes callback class names resolvable in YAML)
-from ssl_norms.bad_input import UsageError, check_config_files, check_trainer, one_line_error
-from ssl_norms.callbacks import NonFiniteGuard, NonFiniteLossError
+from ssl_norms.bad_input import UsageError, check_trainer
+from ssl_norms.callbacks import NonFiniteGuard
 from ssl_norms.callbacks.global_batch import GlobalBatchLog
+from ssl_norms.callbacks.progress import ModelSummary as QuietModelSummary, ProgressLines
 from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
 from ssl_norms.callbacks.wandb_media import WandbValidationMedia
-from ssl_norms.commands import COMMANDS, run_command, usage
+from ssl_norms.commands import LIGHTNING_COMMANDS
 from ssl_norms.data import SSLDataModule
 from ssl_norms.methods import SSLMethod
 from ssl_norms.resume import ApplyResumeChanges, check_parameters, compare_with_checkpoint, describe_changes
 from ssl_norms.runs import (
-    CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, AtomicCheckpointIO, CheckpointSaveError, RecordStart, RunStart, acquire_lock,
+    CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, AtomicCheckpointIO, RecordStart, RunStart, acquire_lock,
     create_unique_dir, drop_held_notes, evaluation_target, experiment_name, fit_checkpoint, fit_run_dir, hold_notes,
     is_first_process, make_dir, missing_dirs, note, remove_empty_dirs, runs_root, timestamp,
 )
@@ -249,6 +248,14 @@ class SSLNormsCLI(LightningCLI):
         for default in (NonFiniteGuard, GlobalBatchLog, ReproducibleResume, WandbValidationMedia):
             if not any(isinstance(c, default) for c in callbacks):
                 callbacks.append(default())
+        quiet, barebones = {}, bool(trainer_config.get("barebones"))
+        if (not barebones and trainer_config.get("enable_model_summary") is not False
+                and not any(isinstance(c, ModelSummary) for c in callbacks)):
+            callbacks.append(QuietModelSummary())
+            quiet["enable_model_summary"] = False  # ours replaces Lightning's default, without its note saying so
+        if (not barebones and trainer_config.get("enable_progress_bar") is not False and not sys.stdout.isatty()
+                and not any(isinstance(c, ProgressBar) for c in callbacks)):
+            callbacks.append(ProgressLines())  # off a terminal a bar only draws its final state
         if self.changes and self.subcommand == "fit":
             callbacks.append(ApplyResumeChanges(self.changes, self.checkpoint.global_step))
         if self.owner:
@@ -258,7 +265,7 @@ class SSLNormsCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         try:
-            trainer = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks, "plugins": plugins})
+            trainer = super().instantiate_trainer(**{**kwargs, **quiet, "callbacks": callbacks, "plugins": plugins})
         except (MisconfigurationException, TypeError, ValueError) as err:  # Lightning refusing --trainer.* settings
             raise UsageError(f"--trainer: {err}") from err
         check_sync_batchnorm(trainer, bool(trainer_config.get("sync_batchnorm")))
@@ -308,79 +315,9 @@ def run_lightning_cli(args: list[str] | None = None) -> SSLNormsCLI:
             os.environ[RUN_DIR_ENV] = inherited
 
 
-LIGHTNING_COMMANDS = tuple(name for name, command in COMMANDS.items() if command.target is None)
-# Bad input: the user can fix it (exit 2). MisconfigurationException is Lightning's word for it.
-USER_ERRORS = (ValueError, ArgumentError, FileNotFoundError, MisconfigurationException)
-
-
-class _Stdout(logging.StreamHandler):
-    """Writes to the current ``sys.stdout`` (looked up per message, as tests swap it)."""
-
-    @property
-    def stream(self):
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def _lightning_info_to_stdout() -> None:
-    """Lightning's progress messages (seed, devices, tips) are information: stdout. Its warnings and
-    errors stay on stderr, where an error is then the only line."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        if any(isinstance(handler, _Stdout) for handler in logger.handlers):
-            continue
-        for handler in logger.handlers:
-            handler.setLevel(max(handler.level, logging.WARNING))
-        info = _Stdout()
-        info.addFilter(lambda record: record.levelno < logging.WARNING)
-        logger.addHandler(info)
-
-
-def failure(err: BaseException, command: str) -> tuple[int, str]:
-    """Exit code and the one stderr line for ``err``: 2 bad input, 3 a non-finite loss, 1 a failed
-    write (disk full, permissions) or an internal fault, 130 an interrupt."""
-    if isinstance(err, KeyboardInterrupt):
-        return 130, "ssl-norms: interrupted"
-    if isinstance(err, NonFiniteLossError):
-        return 3, f"ssl-norms: error: {err}"
-    if isinstance(err, CheckpointSaveError):
-        return 1, f"ssl-norms: error: {err}"
-    if isinstance(err, USER_ERRORS):
-        hint = f" (see `ssl-norms {command} --help`)" if isinstance(err, ArgumentError) else ""
-        return 2, f"ssl-norms: error: {one_line_error(err)}{hint}"
-    if isinstance(err, OSError):
-        where = f"{err.filename}: " if err.filename else ""
-        return 1, f"ssl-norms: error: {where}{err.strerror or err}"
-    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    return 1, f"ssl-norms: internal error: {type(err).__name__}: {first} (SSL_NORMS_DEBUG=1 for the traceback)"
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``ssl-norms COMMAND ...``: LightningCLI for fit/validate/test/predict, :mod:`ssl_norms.commands`
-    for the others. Whatever fails, stderr gets one line (:func:`failure`); ``SSL_NORMS_DEBUG=1``
-    raises instead, with the traceback."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    _lightning_info_to_stdout()
-    try:
-        if words[:1] in (["-h"], ["--help"]):
-            print(usage())
-        elif words and words[0] in COMMANDS and words[0] not in LIGHTNING_COMMANDS:
-            run_command(words[0], words[1:], run_cli=main)
-        elif words and not words[0].startswith("-") and words[0] not in LIGHTNING_COMMANDS:
-            raise UsageError(f"unknown command {words[0]!r}; commands: {', '.join(COMMANDS)}")
-        else:
-            check_config_files(words[1:])
-            run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
-    except (Exception, KeyboardInterrupt) as err:
-        if os.environ.get("SSL_NORMS_DEBUG"):
-            raise
-        code, line = failure(err, next((word for word in words if word in COMMANDS), "<command>"))
-        print(line, file=sys.stderr, flush=True)
-        sys.exit(code)
-
+# The entry point lives in ssl_norms.main (light: it imports this module only for Lightning's commands);
+# named here too for `python -m ssl_norms.cli` and callers of ssl_norms.cli.main.
+from ssl_norms.main import failure, main  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
     "simulate": Command("the paper's Section 3-4 simulations (Fig 2a-c, theory checks)", "ssl_norms.simulations.command:COMMAND"),
 }
 
+LIGHTNING_COMMANDS = tuple(name for name, command in COMMANDS.items() if command.target is None)
+
 
 def usage() -> str:
     """``ssl-norms --help``: every command with its line of help."""

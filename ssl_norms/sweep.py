@@ -39,9 +39,6 @@ from typing import Any
 
 import yaml
 
-from ssl_norms.runs import holds_checkpoints
-from ssl_norms.runs import runs_root as default_runs_root
-from ssl_norms.wandb_setup import SWEEP_ENV
 
 TOP_LEVEL_KEYS = {"name", "config", "fixed", "grid", "points", "description"}
 SPECIAL_KEYS = {"label", "config"}
@@ -74,6 +71,8 @@ class SweepPoint:
         args += list(extra_args)
         args.append(f"--run_dir={self.run_dir}")
         if resume is None:
+            from ssl_norms.runs import holds_checkpoints  # torch and Lightning: not for `sweep --help`
+
             resume = holds_checkpoints(self.run_dir)
         if resume:
             args.append("--ckpt_path=last")
@@ -185,6 +184,8 @@ def sweep_points(path: str | os.PathLike, runs_root: str | os.PathLike | None = 
     path = Path(path)
     spec = _load(path)
     base_dir = path.parent
+    from ssl_norms.runs import runs_root as default_runs_root  # torch and Lightning: not for `sweep --help`
+
     root = Path(runs_root) if runs_root else default_runs_root()
     base_configs = _as_list(spec.get("config"), f"sweep file {path}: 'config'")
     fixed = spec.get("fixed") or {}
@@ -259,6 +260,9 @@ def run_point(point: SweepPoint, run_cli: Callable[[list[str]], None], extra_arg
     for config in point.configs:
         if not Path(config).is_file():
             raise FileNotFoundError(f"sweep point {point.index} ({point.label}): config file {config} does not exist")
+    from ssl_norms.runs import holds_checkpoints
+    from ssl_norms.wandb_setup import SWEEP_ENV  # torch and Lightning: not for `sweep --help`
+
     resume = holds_checkpoints(point.run_dir)
     print(f"sweep {point.sweep} point {point.index} ({point.label}){' resuming' if resume else ''}: "
           f"{shlex.join(point.command(extra_args, resume))}", flush=True)

@@ -4,6 +4,10 @@ tests/test_faults.py."""
 from __future__ import annotations
 
 import errno
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -11,7 +15,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from conftest import REPO, TINY_DEMO, TINY_RESNET, metric_values, read_metrics_csv
 from ssl_norms.callbacks import NonFiniteLossError
-from ssl_norms.cli import failure, main
+from ssl_norms.main import failure, main
 
 NORM_KEYS = ["norm/mean", "norm/std", "norm/min", "norm/max", "norm/q50", "features/norm_mean", "lr/effective", "pairs/opposite_rate"]
 
@@ -99,6 +103,83 @@ def test_help_lists_every_command_with_one_line(capsys):
     lines = capsys.readouterr().out.splitlines()
     for name, command in COMMANDS.items():
         assert sum(line.split()[:1] == [name] and line.endswith(command.help) for line in lines) == 1, name
+
+
+def entry_point(args: list[str], cwd, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+    """``ssl-norms ARGS`` in a new process with stdout piped (not a terminal), and its wall time."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "ssl_norms.main", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout)
+    return done, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--help"], 0), (["sweep", "--help"], 0), (["sweep", "--bogus"], 2), (["slurm", "array", "--bogus"], 2), (["trian"], 2),
+])
+def test_help_and_argument_errors_answer_fast(tmp_path, args, code):
+    # 3 s: generous for a loaded machine; the same commands took 6-8 s when every command imported Lightning
+    done, seconds = entry_point(args, tmp_path, timeout=60)
+    assert done.returncode == code, done.stderr
+    assert seconds < 3, f"ssl-norms {' '.join(args)} took {seconds:.1f} s"
+    assert done.stdout if code == 0 else done.stderr.count("\n") == 1
+
+
+def test_help_and_argument_errors_import_neither_torch_nor_lightning(tmp_path):
+    script = (
+        "import sys\nfrom ssl_norms.main import main\n"
+        "for words in (['--help'], ['sweep', '--help'], ['sweep', '--bogus'], ['slurm', 'array', '--bogus'], ['trian']):\n"
+        "    try:\n        main(words)\n    except SystemExit:\n        pass\n"
+        "print('heavy:', sorted(m for m in ('torch', 'lightning', 'wandb', 'matplotlib', 'scipy', 'timm') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert done.stdout.splitlines()[-1] == "heavy: []", done.stdout + done.stderr
+
+
+NOISE = ("Tip:", "litlogger", "litmodels", "FLOPs", "LeafSpec", "Deprecat", "deprecat", "LightningCLI's args", "anonymous")
+
+
+def test_fit_off_a_terminal_prints_progress_lines_and_no_noise(tmp_path):
+    run_dir = tmp_path / "a-run-directory-whose-path-is-longer-than-the-eighty-columns-a-console-assumes-off-a-terminal"
+    done, _ = entry_point(["fit", *TINY_DEMO, "--run_dir", str(run_dir)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(lines) >= 2, done.stdout
+    for field in ("batch ", " it/s", "train/loss ", "norm/mean ", "lr ", "ETA "):
+        assert all(field in line for line in lines), (field, lines)
+    assert lines[-1].startswith("epoch 2/2  batch 16/16  ")  # 512 samples / batch 64 = 8 batches per epoch
+    assert f"run directory: {run_dir}\n" in done.stdout  # one line, to copy
+    assert not any(line.startswith("Epoch ") for line in done.stdout.splitlines())  # no bar drawn into the pipe
+    found = [noise for noise in NOISE if noise in done.stdout + done.stderr]
+    assert found == [], done.stdout + done.stderr
+
+    resumed, _ = entry_point(["fit", *TINY_DEMO, "--trainer.max_epochs", "3", "--run_dir", str(run_dir), "--ckpt_path", "last"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")][-1].startswith("epoch 3/3  batch 24/24  ")
+    assert resumed.stderr.splitlines() == [f"ssl-norms: --ckpt_path last: resuming {run_dir} from last.ckpt (global step 16)"]
+
+
+@pytest.mark.parametrize("every_n_batches, every_seconds", [(0, 30.0), (50, 0.0)])
+def test_progress_lines_refuse_a_cadence_that_never_prints(every_n_batches, every_seconds):
+    from ssl_norms.callbacks import ProgressLines
+
+    with pytest.raises(ValueError, match="every_n_batches must be >= 1 and every_seconds > 0"):
+        ProgressLines(every_n_batches, every_seconds)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_terminal_keeps_lightnings_progress_bar(tmp_path, monkeypatch, terminal):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from ssl_norms.callbacks import ProgressLines
+    from ssl_norms.cli import run_lightning_cli
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    cli = run_lightning_cli(["fit", *TINY_DEMO, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                             "--trainer.limit_val_batches", "1", "--run_dir", str(tmp_path / "run")])
+    assert type(cli.trainer.progress_bar_callback) is (RichProgressBar if terminal else ProgressLines)
 
 
 def test_wandb_logger_runs_offline(tmp_path, monkeypatch):

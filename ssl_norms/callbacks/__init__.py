@@ -4,7 +4,8 @@ from ssl_norms.callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from ssl_norms.callbacks.knn import OnlineKNN
 from ssl_norms.callbacks.linear_probe import OnlineLinearProbe
 from ssl_norms.callbacks.norm_monitor import EmbeddingNormMonitor
+from ssl_norms.callbacks.progress import ProgressLines
 from ssl_norms.callbacks.summary import RunSummary
 from ssl_norms.callbacks.wandb_media import WandbValidationMedia
 
-__all__ = ["CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "RunSummary", "WandbValidationMedia"]
+__all__ = ["CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "ProgressLines", "RunSummary", "WandbValidationMedia"]

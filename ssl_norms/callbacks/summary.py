@@ -61,5 +61,5 @@ class RunSummary(Callback):
                 logger.save()
             metrics_csv = run_dir / "metrics.csv"
             png = plot_training_curves(metrics_csv if metrics_csv.exists() else self.history, run_dir / "training_curves.png")
-            console.print(f"plot: {png}")
-        console.print(f"run directory: {run_dir}")
+            console.print(f"plot: {png}", soft_wrap=True)  # soft_wrap: a path stays on one line, to copy
+        console.print(f"run directory: {run_dir}", soft_wrap=True)
