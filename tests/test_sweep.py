@@ -118,8 +118,8 @@ def test_index_out_of_range_and_missing_file(tmp_path, capsys):
     [
         (["--index", "1-0"], "--index 1-0: a range runs from low to high (e.g. 0-1)"),
         (["--index", ","], "--index names no point"),
-        ([], "give one of --list, --count, --index I, --all (got none)"),
-        (["--list", "--all"], "give one of --list, --count, --index I, --all (got --list --all)"),
+        ([], "give one of --list, --count, --index I, --all, --summary (got none)"),
+        (["--list", "--all"], "give one of --list, --count, --index I, --all, --summary (got --list --all)"),
         (["--index"], "argument --index: expected at least one argument"),
         (["--list", "--", "--trainer.max_epochs=1", "--bogus"], None),  # words after -- belong to the fits
     ],
