@@ -170,6 +170,11 @@ def _plot_curve(ax: Any, points: list[tuple[float, float]], scale: float = 1.0, 
 def plot_training_curves(
     source: str | Path | list[dict[str, float]], out_png: str | Path, log_x: bool = False
 ) -> Path:
+    """:func:`training_curves_figure` as a PNG at ``out_png``."""
+    return save_figure(training_curves_figure(source, log_x), out_png)
+
+
+def training_curves_figure(source: str | Path | list[dict[str, float]], log_x: bool = False) -> Figure:
     """Four panels against the optimizer step (:func:`training_curves`): mean loss-space embedding
     norm (with its 5-95% band when logged), online k-NN top-1, training loss and learning rate;
     a fifth, the mean validation norm per class (Fig 2c), when the run logged it (:func:`class_norm_curves`)."""
@@ -207,7 +212,7 @@ def plot_training_curves(
         ax.set_xlabel("optimizer step")
         if log_x:
             ax.set_xscale("symlog")
-    return save_figure(fig, out_png)
+    return fig
 
 
 # ---- W&B images ---------------------------------------------------------------------------------------
