@@ -41,13 +41,15 @@ def run_results(run_dir: Path) -> dict[str, float] | None:
 
 
 def summary_rows(settings: Sequence[tuple[str, Sequence[Path]]]) -> list[dict[str, object]]:
-    """One row per ``(setting, run dirs)``: runs found of expected, epochs reached, and per metric
+    """One row per ``(setting, run dirs)``: runs found of expected, epochs reached (``min-max`` when
+    they differ), and per metric
     the mean (``<metric>``) and sample std (``<metric> std``, two runs or more) over the runs found."""
     rows = []
     for setting, run_dirs in settings:
         found = [(run, results) for run in run_dirs if (results := run_results(run)) is not None]
+        epochs = sorted({r["epochs"] for _, r in found})
         row: dict[str, object] = {"setting": setting, "runs found": len(found), "runs": len(run_dirs),
-                                  "epochs": "/".join(str(r["epochs"]) for _, r in found)}
+                                  "epochs": "-".join(str(e) for e in epochs[::max(1, len(epochs) - 1)])}
         for metric in METRICS:
             values = [r[metric] for _, r in found if metric in r]
             row[metric] = statistics.fmean(values) if values else None

@@ -179,6 +179,7 @@ def array(sweep_file: str, *, template: str | None = None, runs: str | None = No
     print(f"# each array task runs: srun {shlex.join(TASK_COMMAND)} {sweep_file}  (index = $SLURM_ARRAY_TASK_ID), i.e.")
     for index, values, command in plan:
         print(f"[{index}] {values}: {shlex.join(['ssl-norms', *command])}")
+    print(f"# results table of the finished points: {shlex.join(['ssl-norms', 'sweep', sweep_file, *(['--runs', runs] if runs else []), '--summary'])}")
 
 
 def fit(*, nodes: int = 1, template: str | None = None, dry_run: bool = False, fit_args: Sequence[str] = (),

@@ -234,7 +234,10 @@ def test_sbatch_options_reach_sbatch_before_the_template_which_stays_unedited(ar
     assert submitted[script + 1:][-1] == "--trainer.max_epochs=3"
     assert {p.name: p.read_bytes() for p in slurm.TEMPLATES.iterdir()} == before
     main([*argv, *options, "--dry-run"])  # the dry run prints the same sbatch command
-    assert capsys.readouterr().out.splitlines()[0].startswith(f"# sbatch {submitted[0]} {' '.join(expected)} ")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"# sbatch {submitted[0]} {' '.join(expected)} ")
+    if argv[1] == "array":  # and how to get the results table once the jobs end
+        assert printed[-1] == f"# results table of the finished points: ssl-norms sweep {TABLE1} --summary"
 
 
 def test_a_gres_gpu_count_that_does_not_match_the_tasks_per_node_is_refused(tmp_path, monkeypatch, capsys):

@@ -347,7 +347,7 @@ def test_summary_of_a_partly_run_sweep_marks_missing_points_and_averages_seeds(t
     out = capsys.readouterr().out
     finals = [1 + 2 * decays[s] * 100 + 0.5 for s in range(3)]  # write_run: mean of the last epoch's two steps
     mean, std = sum(finals) / 3, float(torch.tensor(finals).std())
-    assert f"| lr=0.1 | 3/3 | 3/3/3 | 0.3000 +- 0.0000 | 0.3000 +- 0.0000 | {mean:.4f} +- {std:.4f} |" in out
+    assert f"| lr=0.1 | 3/3 | 3 | 0.3000 +- 0.0000 | 0.3000 +- 0.0000 | {mean:.4f} +- {std:.4f} |" in out
     assert "| lr=0.2 | 0/3 | - | missing | missing | missing |" in out
     folder = tmp_path / "runs" / "seeds"
     assert f"table: {folder / 'summary.csv'} {folder / 'summary.md'}" in out
@@ -367,24 +367,23 @@ def test_tiny_sweep_with_seeds_ends_with_its_results_table(tmp_path, capsys):
             "model.init_args.mlp_hidden_dims": [32], "model.init_args.projector_dims": [32, 16],
             "trainer.max_epochs": 2, "trainer.log_every_n_steps": 2,
         },
-        "grid": {"intervention": [
-            {"label": "default"},
-            {"label": "cut2", "trainer.callbacks+": {"class_path": "ssl_norms.callbacks.CutInit", "init_args": {"c": 2}}},
-        ], "seed_everything": [0, 1]},
+        "grid": {"seed_everything": [0, 1]},
+        "points": [{"label": "cut2", "trainer.callbacks+": {"class_path": "ssl_norms.callbacks.CutInit", "init_args": {"c": 2}}}],
     }))
-    main(["sweep", str(sweep), "--index", "0-2"])  # cut2 seed 1 not run yet
+    main(["sweep", str(sweep), "--index", "0-1"])  # cut2 not run yet
     capsys.readouterr()
     main(["sweep", str(sweep), "--summary"])
-    assert "| cut2 | 1/2 | 2 |" in capsys.readouterr().out
-    main(["sweep", str(sweep), "--all"])  # runs the last point (the others resume at their end) and ends with the table
+    assert "| cut2 | 0/1 | - | missing | missing | missing |" in capsys.readouterr().out
+    main(["sweep", str(sweep), "--all"])  # runs cut2 (the others resume at their end) and ends with the table
     out = capsys.readouterr().out
     rows = {row["setting"]: row for row in read_metrics_csv(tmp_path / "runs" / "tiny-seeds" / "summary.csv")}
-    assert list(rows) == ["default", "cut2"] and out.rstrip().splitlines()[-1].startswith("table: ")
-    for setting in rows:
+    assert list(rows) == ["base", "cut2"] and out.rstrip().splitlines()[-1].startswith("table: ")
+    for setting, count in (("base", 2), ("cut2", 1)):
         found = [_final_best_norm(p.run_dir) for p in sweep_points(sweep) if p.setting == setting]
-        assert len(found) == 2 and found[0] != found[1]  # two seeds, two results
+        assert len(found) == count and len(set(found)) == count  # two seeds, two results
         for column, values in zip(("knn/top1 final", "knn/top1 best", "norm/mean final"), zip(*found)):
-            assert float(rows[setting][column]) == pytest.approx(sum(values) / 2)
-            assert float(rows[setting][f"{column} std"]) == pytest.approx(float(torch.tensor(values).std()))
-        cells = f"{float(rows[setting]['knn/top1 final']):.4f} +- {float(rows[setting]['knn/top1 final std']):.4f}"
-        assert f"| {setting} | 2/2 | 2/2 | {cells} |" in out
+            assert float(rows[setting][column]) == pytest.approx(sum(values) / count)
+            std = rows[setting][f"{column} std"]
+            assert float(std) == pytest.approx(float(torch.tensor(values).std())) if count > 1 else std == ""
+    cells = f"{float(rows['base']['knn/top1 final']):.4f} +- {float(rows['base']['knn/top1 final std']):.4f}"
+    assert f"| base | 2/2 | 2 | {cells} |" in out and f"| cut2 | 1/1 | 2 | {float(rows['cut2']['knn/top1 final']):.4f} |" in out
