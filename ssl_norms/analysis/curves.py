@@ -51,9 +51,12 @@ def _label_rank(key: str) -> tuple[int, str]:
     return ({"model.class_path": 0, "data.class_path": 1, "seed_everything": 3}.get(key, 2), key)
 
 
+_CLASS_KEYS = {"model.class_path": "method", "data.class_path": "data"}
+
+
 def _label_part(key: str, value: str | None) -> str:
-    if key in ("model.class_path", "data.class_path"):
-        return f"{'method' if key[0] == 'm' else 'data'}={short_name(value) if value else '-'}"
+    if key in _CLASS_KEYS:
+        return f"{_CLASS_KEYS[key]}={short_name(value) if value else '-'}"
     if key.endswith(".class_path"):  # a callback that some runs have (CutInit, GradScale)
         return f"callback={value.rsplit('.', 1)[-1] if value else '-'}"
     short = "seed" if key == "seed_everything" else key.replace(".init_args.", ".").split(".")[-1]
@@ -119,10 +122,10 @@ def plot_runs_over_epochs(
     labels = list(labels) if labels else run_labels(runs)
     if len(labels) != len(runs):
         raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
-    fig, (ax_norm, ax_knn) = new_figure(1, 2, width=5.5, height=4.2)
-    rows: list[dict[str, float | str]] = []
     if len(set(labels)) != len(labels):
         raise ValueError(f"labels must differ, got {labels}")
+    fig, (ax_norm, ax_knn) = new_figure(1, 2, width=5.5, height=4.2)
+    rows: list[dict[str, float | str]] = []
     for run, label, color in zip(runs, labels, distinct_colors(len(runs))):
         by_epoch = read_metrics_by_epoch(run)
         norms, knn = by_epoch.get(norm_key) or by_epoch.get(f"{norm_key}_epoch", {}), by_epoch.get(knn_key, {})
