@@ -1,6 +1,6 @@
 """How a command line is built from a function: jsonargparse reads its signature.
 
-* parameters before ``*`` are positional words, keyword-only parameters are ``--options``; the
+* parameters before ``*`` are positional words (a required list: one or more words), keyword-only parameters are ``--options``; the
   annotation is the type (checked by jsonargparse), the default the default and the docstring's
   ``Args:`` entry the help;
 * a ``bool`` is a flag (``--dry_run``, ``--dry_run false``, ``--no_dry_run``); a list takes several words, a list of
@@ -131,7 +131,11 @@ def add_options(parser: ArgumentParser, function: Callable[..., Any], *options_f
 
 def _add(parser: ArgumentParser, param: inspect.Parameter, hint: Any, help: str | None) -> None:
     required = param.default is param.empty
-    if param.kind is not param.KEYWORD_ONLY:  # a positional word
+    if param.kind is not param.KEYWORD_ONLY:  # a positional word; a list: one or more words
+        element = _list_element(hint)
+        if element is not None and required:
+            parser.add_argument(param.name, type=element, nargs="+", help=help)
+            return
         parser.add_argument(param.name, type=hint, help=help, **({} if required else {"nargs": "?", "default": param.default}))
         return
     flag = "--" + param.name.rstrip("_")  # list_ -> --list: a trailing underscore avoids a builtin's name

@@ -28,6 +28,7 @@ COMMANDS: dict[str, Command] = {
     "test": Command("evaluate a checkpoint on the test data (LightningCLI)"),
     "predict": Command("embed data with a checkpoint (LightningCLI)"),
     "sweep": Command("list or run the points of a sweep file", "ssl_norms.sweep:sweep"),
+    "compare": Command("results table and overlaid norm and k-NN curves of any runs", "ssl_norms.compare:compare"),
     "slurm": Command("submit fits and sweep arrays with the sbatch templates", "ssl_norms.slurm:COMMAND"),
     "analyze": Command("the paper's analyses of trained runs (Fig 3-5, S3-S6, Table S1)", "ssl_norms.analysis.command:COMMAND"),
     "simulate": Command("the paper's Section 3-4 simulations (Fig 2a-c, theory checks)", "ssl_norms.simulations.command:COMMAND"),

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +27,18 @@ def new_figure(nrows: int = 1, ncols: int = 1, width: float = 5.5, height: float
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplots)
     return fig, [ax for row in axes for ax in row]
+
+
+def distinct_colors(n: int) -> list[Any]:
+    """``n`` different line colours: matplotlib's default cycle up to 10, tab20 up to 20, else
+    evenly spaced on a continuous map."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["turbo"](i / (n - 1)) for i in range(n)]
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
@@ -134,6 +147,20 @@ def training_curves(source: str | Path | list[dict[str, float]]) -> dict[str, li
     }
 
 
+_CLASS_NORM = re.compile(r"val/(?P<set>[^/]+)/norm_mean/class_(?P<c>\d+)")
+
+
+def class_norm_curves(source: str | Path | list[dict[str, float]]) -> tuple[str | None, dict[int, list[tuple[float, float]]]]:
+    """(validation set, {class: [(optimizer step, mean norm), ...]}) of the first validation set
+    whose per-class mean norms were logged (``EmbeddingNormMonitor(per_class=True)``); (None, {}) when none were."""
+    series = read_metrics(source) if isinstance(source, (str, Path)) else _series_from_history(source)
+    matches = [(m, values) for key, values in series.items() if (m := _CLASS_NORM.fullmatch(key))]
+    if not matches:
+        return None, {}
+    first = matches[0][0]["set"]
+    return first, {int(m["c"]): values for m, values in sorted(matches, key=lambda mv: int(mv[0]["c"])) if m["set"] == first}
+
+
 def _plot_curve(ax: Any, points: list[tuple[float, float]], scale: float = 1.0, **kwargs: Any) -> None:
     """``points`` as a line, with markers when few (a one-epoch run's single point stays visible)."""
     steps, values = zip(*points)
@@ -143,11 +170,27 @@ def _plot_curve(ax: Any, points: list[tuple[float, float]], scale: float = 1.0, 
 def plot_training_curves(
     source: str | Path | list[dict[str, float]], out_png: str | Path, log_x: bool = False
 ) -> Path:
+    """:func:`training_curves_figure` as a PNG at ``out_png``."""
+    return save_figure(training_curves_figure(source, log_x), out_png)
+
+
+def training_curves_figure(source: str | Path | list[dict[str, float]], log_x: bool = False) -> Figure:
     """Four panels against the optimizer step (:func:`training_curves`): mean loss-space embedding
-    norm (with its 5-95% band when logged), online k-NN top-1, training loss and learning rate."""
+    norm (with its 5-95% band when logged), online k-NN top-1, training loss and learning rate;
+    a fifth, the mean validation norm per class (Fig 2c), when the run logged it (:func:`class_norm_curves`)."""
     curves = training_curves(source)
-    fig, axes = new_figure(2, 2, width=5.0, height=4.0)
-    ax_norm, ax_knn, ax_loss, ax_lr = axes
+    class_set, class_curves = class_norm_curves(source)
+    if class_curves:  # a fifth panel, as tall as the figure, to the right
+        fig = Figure(figsize=(15.0, 8.0), layout="constrained")
+        panels = fig.subplot_mosaic([["norm", "knn", "class"], ["loss", "lr", "class"]])
+        axes = [panels[name] for name in ("norm", "knn", "loss", "lr", "class")]
+        for (c, points), color in zip(class_curves.items(), distinct_colors(len(class_curves))):
+            _plot_curve(panels["class"], points, label=f"class {c}", color=color)
+        panels["class"].set(title=f"mean norm per class ({class_set}, Fig 2c)", ylabel="||z||")
+        panels["class"].legend(fontsize=8, ncols=2)
+    else:
+        fig, axes = new_figure(2, 2, width=5.0, height=4.0)
+    ax_norm, ax_knn, ax_loss, ax_lr = axes[:4]
     if curves["norm"]:
         _plot_curve(ax_norm, curves["norm"], label="mean ||z||")
         lo, hi = dict(curves["norm_q05"]), dict(curves["norm_q95"])
@@ -169,7 +212,7 @@ def plot_training_curves(
         ax.set_xlabel("optimizer step")
         if log_x:
             ax.set_xscale("symlog")
-    return save_figure(fig, out_png)
+    return fig
 
 
 # ---- W&B images ---------------------------------------------------------------------------------------

@@ -18,9 +18,12 @@ Callback states come back with the checkpoint, so CutInit is not applied again.
 
 Commands::
 
-    ssl-norms slurm array SWEEP_FILE [--template T] [--runs DIR] [--dry_run] [-- FIT_ARGS...]
-    ssl-norms slurm fit [--nodes N] [--template T] [--dry_run] -- FIT_ARGS...
+    ssl-norms slurm array SWEEP_FILE [--template T] [--runs DIR] [--dry_run] [SBATCH OPTIONS] [-- FIT_ARGS...]
+    ssl-norms slurm fit [--nodes N] [--template T] [--dry_run] [SBATCH OPTIONS] -- FIT_ARGS...
     ssl-norms slurm task [SWEEP_FILE] [-- FIT_ARGS...]     (what srun runs inside a job)
+
+SBATCH OPTIONS (``--partition``, ``--account``, ``--time``, ``--gres``, ``--mem``, ``--qos``) go to
+sbatch before the template, where they override its ``#SBATCH`` lines: no template is edited.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ssl_norms.command_line import Subcommands
+from ssl_norms.command_line import Member, Subcommands, help_line
 from ssl_norms.sweep import sweep_points
 
 # slurm/ holds the templates and the SLURM trainer config; a wheel ships it as ssl_norms/sbatch (pyproject.toml).
@@ -112,11 +115,39 @@ def _tasks_per_node() -> int:
     return _env_int("SLURM_NTASKS") // max(1, _env_int("SLURM_NNODES"))
 
 
-def array_plan(sweep_file: str, template: str, runs: str | None, fit_args: list[str]) -> tuple[list[str], list[tuple[int, str, list[str]]]]:
-    """The ``sbatch`` command of an array over a sweep file, and per index (index, values, ssl-norms argv)."""
+def sbatch_options(*, partition: str | None = None, account: str | None = None, time: str | None = None,
+                   gres: str | None = None, mem: str | None = None, qos: str | None = None) -> list[str]:
+    """The sbatch options given on the command line, as ``--key=value`` words.
+
+    Args:
+        partition: sbatch --partition
+        account: sbatch --account
+        time: sbatch --time (e.g. 2-00:00:00), instead of the template's 24:00:00
+        gres: sbatch --gres (e.g. gpu:a100:4); the GPU count must equal the template's --ntasks-per-node
+        mem: sbatch --mem (e.g. 64G)
+        qos: sbatch --qos
+    """
+    given = {"partition": partition, "account": account, "time": time, "gres": gres, "mem": mem, "qos": qos}
+    return [f"--{key}={value}" for key, value in given.items() if value is not None]
+
+
+def _check_gres(options: list[str], tasks_per_node: int) -> None:
+    """One task (DDP rank) per GPU: a --gres GPU count must match the template's tasks per node."""
+    gres = next((word.split("=", 1)[1] for word in options if word.startswith("--gres=")), None)
+    match = re.fullmatch(r"gpu(?::[\w.-]+)?:(\d+)", gres or "")
+    if match and int(match[1]) != tasks_per_node:
+        raise ValueError(f"--gres {gres} asks for {match[1]} GPUs per node but the template starts {tasks_per_node} "
+                         "task(s) per node (one per GPU): pass a --template whose --ntasks-per-node matches")
+
+
+def array_plan(sweep_file: str, template: str, runs: str | None, fit_args: list[str],
+               options: Sequence[str] = ()) -> tuple[list[str], list[tuple[int, str, list[str]]]]:
+    """The ``sbatch`` command of an array over a sweep file (``options``: sbatch options before the
+    template), and per index (index, values, ssl-norms argv)."""
     points = sweep_points(sweep_file, runs)
     nodes, tasks = layout(sbatch_directives(template))
-    sbatch = ["sbatch", f"--array=0-{len(points) - 1}", _display_path(template), sweep_file]
+    _check_gres(list(options), tasks)
+    sbatch = ["sbatch", f"--array=0-{len(points) - 1}", *options, _display_path(template), sweep_file]
     if runs:
         sbatch += ["--runs", runs]
     if fit_args:
@@ -132,7 +163,7 @@ def _submit(sbatch: list[str]) -> None:
 
 
 def array(sweep_file: str, *, template: str | None = None, runs: str | None = None, dry_run: bool = False,
-          fit_args: Sequence[str] = ()) -> None:
+          fit_args: Sequence[str] = (), **sbatch: str | None) -> None:
     """One sweep point per array index; arguments after ``--`` go to every point's fit.
 
     Args:
@@ -141,16 +172,18 @@ def array(sweep_file: str, *, template: str | None = None, runs: str | None = No
         runs: runs root of the sweep's run dirs (default $SSL_NORMS_RUNS or ./runs)
         dry_run: print the sbatch command and every index's fit command instead of submitting
     """
-    sbatch, plan = array_plan(sweep_file, template or str(TEMPLATES / "array.sbatch"), runs, list(fit_args))
+    command, plan = array_plan(sweep_file, template or str(TEMPLATES / "array.sbatch"), runs, list(fit_args), sbatch_options(**sbatch))
     if not dry_run:
-        _submit(sbatch)
-    print(f"# {shlex.join(sbatch)}")
+        _submit(command)
+    print(f"# {shlex.join(command)}")
     print(f"# each array task runs: srun {shlex.join(TASK_COMMAND)} {sweep_file}  (index = $SLURM_ARRAY_TASK_ID), i.e.")
     for index, values, command in plan:
         print(f"[{index}] {values}: {shlex.join(['ssl-norms', *command])}")
+    print(f"# results table of the finished points: {shlex.join(['ssl-norms', 'sweep', sweep_file, *(['--runs', runs] if runs else []), '--summary'])}")
 
 
-def fit(*, nodes: int = 1, template: str | None = None, dry_run: bool = False, fit_args: Sequence[str] = ()) -> None:
+def fit(*, nodes: int = 1, template: str | None = None, dry_run: bool = False, fit_args: Sequence[str] = (),
+        **sbatch: str | None) -> None:
     """One fit on one or more nodes; the arguments after ``--`` are the fit's.
 
     Args:
@@ -162,10 +195,12 @@ def fit(*, nodes: int = 1, template: str | None = None, dry_run: bool = False, f
         raise ValueError(f"--nodes must be >= 1, got {nodes}")
     template = template or str(TEMPLATES / ("single_node.sbatch" if nodes == 1 else "multi_node.sbatch"))
     _, tasks = layout(sbatch_directives(template))
-    sbatch = ["sbatch", f"--nodes={nodes}", _display_path(template), *fit_args]
+    options = sbatch_options(**sbatch)
+    _check_gres(options, tasks)
+    command = ["sbatch", f"--nodes={nodes}", *options, _display_path(template), *fit_args]
     if not dry_run:
-        _submit(sbatch)
-    print(f"# {shlex.join(sbatch)}")
+        _submit(command)
+    print(f"# {shlex.join(command)}")
     print(f"# every task ({nodes} node(s) x {tasks} per node) runs: srun {shlex.join(TASK_COMMAND)} -- ..., i.e.")
     print(shlex.join(["ssl-norms", *task_argv(list(fit_args), nodes, tasks)]))
 
@@ -186,4 +221,8 @@ def task(sweep_file: str | None = None, *, runs: str | None = None, fit_args: Se
     run_cli(command)
 
 
-COMMAND = Subcommands({"array": array, "fit": fit, "task": task})
+COMMAND = Subcommands({
+    "array": Member(array, (sbatch_options,), help=help_line(array)),
+    "fit": Member(fit, (sbatch_options,), help=help_line(fit)),
+    "task": task,
+})

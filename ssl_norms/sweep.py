@@ -11,6 +11,7 @@ A sweep file::
         - {label: c1, trainer.callbacks+: {class_path: ssl_norms.callbacks.CutInit, init_args: {c: 1}}}
         - {label: c2, trainer.callbacks+: {class_path: ssl_norms.callbacks.CutInit, init_args: {c: 2}}}
       model.init_args.weight_decay: [1.0e-8, 1.0e-6]   # an axis of values for one key
+      seed_everything: [0, 1, 2]        # seeds: points differing only in seed form one setting
     points:                             # optional explicit points, after the grid points
       - {label: long, trainer.max_epochs: 500}
 
@@ -18,6 +19,10 @@ In a mapping, ``label`` names the value in the run dir and ``config`` adds confi
 the base configs, e.g. a preset such as ``configs/presets/gradscale_simclr.yaml``); every other
 key is a CLI override ``--key=value`` (lists and mappings are passed as JSON; ``trainer.callbacks+``
 appends a callback to the base config's list).
+
+The seed axis ``seed_everything`` names its run dirs ``seed=<value>``; the points that differ only in
+their seed form one *setting*, which ``--summary`` (and the table ``--all`` ends with) reports as
+mean +- std over its seeds.
 
 A point's run dir depends only on the runs root, the sweep name and the point's values, so a SLURM
 array index and a local loop map to the same directory, and running a point whose
@@ -42,6 +47,7 @@ import yaml
 
 TOP_LEVEL_KEYS = {"name", "config", "fixed", "grid", "points", "description"}
 SPECIAL_KEYS = {"label", "config"}
+SEED_AXIS = "seed_everything"  # the one undotted fit option that is a grid axis
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
 
@@ -56,6 +62,7 @@ class SweepPoint:
     overrides: dict[str, Any]
     run_dir: Path
     values: dict[str, Any] = field(default_factory=dict)  # axis name -> this point's value (or label of a mapping)
+    setting: str = ""  # the label without the seed axis: the points of one setting differ only in seed
 
     @property
     def last_checkpoint(self) -> Path:
@@ -103,7 +110,7 @@ def _format(value: Any) -> str:
 
 
 def _short(key: str) -> str:
-    return key.rstrip("+").rsplit(".", 1)[-1]
+    return "seed" if key == SEED_AXIS else key.rstrip("+").rsplit(".", 1)[-1]
 
 
 def _safe(text: str) -> str:
@@ -150,8 +157,8 @@ class _Entry:
         elif isinstance(value, list):
             raise ValueError(f"{where} is a list; an axis value must be a scalar or a mapping of overrides")
         else:
-            if "." not in axis:
-                raise ValueError(f"{where}: axis {axis!r} of plain values must be a dotted CLI key such as model.init_args.lr")
+            if "." not in axis and axis != SEED_AXIS:
+                raise ValueError(f"{where}: axis {axis!r} of plain values must be a dotted CLI key such as model.init_args.lr, or {SEED_AXIS}")
             self.configs, self.overrides = [], {axis: value}
             self.label = _safe(f"{_short(axis)}={_format(value)}")
             self.shown = value
@@ -199,21 +206,22 @@ def sweep_points(path: str | os.PathLike, runs_root: str | os.PathLike | None = 
         if not isinstance(values, list) or not values:
             raise ValueError(f"sweep file {path}: grid axis {axis!r} must be a non-empty list")
         axes.append([_Entry(str(axis), v, f"sweep file {path}: grid axis {axis!r} value {i}") for i, v in enumerate(values)])
-    combos: list[tuple[dict[str, str], list[_Entry]]] = []
+    combos: list[tuple[dict[str, str], list[_Entry], list[_Entry]]] = []  # values, entries, entries but the seed
     explicit = spec.get("points") or []
     if not isinstance(explicit, list):
         raise ValueError(f"sweep file {path}: 'points' must be a list of override mappings")
     if axes or not explicit:  # no axes at all: the grid is the single base point
         for entries in itertools.product(*axes):
-            combos.append(({str(a): e.shown for a, e in zip(grid, entries)}, list(entries)))
+            setting = [e for a, e in zip(grid, entries) if a != SEED_AXIS]
+            combos.append(({str(a): e.shown for a, e in zip(grid, entries)}, list(entries), setting))
     for i, value in enumerate(explicit):
         if not isinstance(value, dict):
             raise ValueError(f"sweep file {path}: points[{i}] must be a mapping of overrides")
         entry = _Entry("point", value, f"sweep file {path}: points[{i}]")
-        combos.append(({"point": entry.label}, [entry]))
+        combos.append(({"point": entry.label}, [entry], [entry]))
 
     points, seen = [], {}
-    for index, (values, entries) in enumerate(combos):
+    for index, (values, entries, setting) in enumerate(combos):
         label = "_".join(e.label for e in entries) or "base"
         if not label.strip("."):
             raise ValueError(f"sweep file {path}: point {index} has the run dir label {label!r}; give it a 'label'")
@@ -230,6 +238,7 @@ def sweep_points(path: str | os.PathLike, runs_root: str | os.PathLike | None = 
             sweep=spec["name"], index=index, label=label,
             configs=tuple(os.path.normpath(base_dir / c) for c in configs),
             overrides=overrides, run_dir=root / spec["name"] / label, values=values,
+            setting="_".join(e.label for e in setting) or "base",
         ))
     return points
 
@@ -253,6 +262,17 @@ def _parse_indices(words: list[str], count: int) -> list[int]:
     if bad:
         raise ValueError(f"--index {bad[0]} is out of range: the sweep has {count} points (0-{count - 1}); see --list")
     return indices
+
+
+def summarise(points: Sequence[SweepPoint]) -> tuple[Path, Path]:
+    """The results table of a sweep's points, one row per setting (its seeds together), printed and
+    written next to the points' run dirs as ``summary.csv`` and ``summary.md``."""
+    from ssl_norms.compare import summary_rows, write_summary
+
+    settings: dict[str, list[Path]] = {}
+    for point in points:
+        settings.setdefault(point.setting, []).append(point.run_dir)
+    return write_summary(summary_rows(list(settings.items())), points[0].run_dir.parent)
 
 
 def run_point(point: SweepPoint, run_cli: Callable[[list[str]], None], extra_args: Sequence[str] = ()) -> None:
@@ -282,6 +302,7 @@ def sweep(
     all_: bool = False,
     runs: str | None = None,
     dry_run: bool = False,
+    summary: bool = False,
     fit_args: Sequence[str] = (),
     run_cli: Callable[[list[str]], None],
 ) -> None:
@@ -289,7 +310,8 @@ def sweep(
 
     Arguments after ``--`` are appended to every point's ``ssl-norms fit`` command (e.g. CPU-scale
     overrides). A single point that fails exits with the fit's own code; with several, the others
-    still run and the command exits 1 naming the failed ones.
+    still run and the command exits 1 naming the failed ones. ``--all`` ends with the results table
+    of ``--summary``.
 
     Args:
         file: sweep YAML file
@@ -299,13 +321,19 @@ def sweep(
         all_: run every point in order
         runs: runs root (default $SSL_NORMS_RUNS or ./runs); run dirs are RUNS/<name>/<label>
         dry_run: with --index/--all, print the commands instead of running them
+        summary: print the results table (k-NN, norm; mean +- std over seeds) of the points run so far,
+            written to RUNS/<name>/summary.csv and summary.md
         fit_args: arguments for every point's fit (the words after ``--``)
         run_cli: the ``ssl-norms`` entry point, which runs each point's fit
     """
-    actions = [flag for flag, given in (("--list", list_), ("--count", count), ("--index", index is not None), ("--all", all_)) if given]
+    actions = [flag for flag, given in (("--list", list_), ("--count", count), ("--index", index is not None), ("--all", all_),
+                                        ("--summary", summary)) if given]
     if len(actions) != 1:
-        raise ValueError(f"give one of --list, --count, --index I, --all (got {' '.join(actions) or 'none'})")
+        raise ValueError(f"give one of --list, --count, --index I, --all, --summary (got {' '.join(actions) or 'none'})")
     points = sweep_points(file, runs)
+    if summary:
+        summarise(points)
+        return
     if count:
         print(len(points))
         return
@@ -318,7 +346,7 @@ def sweep(
         for point in chosen:
             print(shlex.join(point.command(fit_args)))
         return
-    if len(chosen) == 1:
+    if len(chosen) == 1 and not all_:
         run_point(chosen[0], run_cli, fit_args)  # a failure exits with the fit's own code (SLURM sees it)
         return
     failed = []
@@ -328,6 +356,8 @@ def sweep(
         except SystemExit as stop:
             if stop.code not in (0, None):
                 failed.append(f"{point.index} ({point.label}, exit {stop.code})")
+    if all_:
+        summarise(points)
     if failed:
         print(f"ssl-norms sweep: {len(failed)} of {len(chosen)} points failed: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)

@@ -181,6 +181,42 @@ def test_curves_command_plots_several_runs_with_labels_from_their_configs(tmp_pa
     assert json.loads((out / "curves.json").read_text())["final"]["weight_decay=0.0"]["epoch"] == 12
 
 
+def _method_run(run_dir: Path, method: str, weight_decay: float, seed: int = 0) -> Path:
+    """A write_run whose config is a SimCLR or SimSiam config: keys only one method has, as in fit's config.yaml."""
+    write_run(run_dir, epochs=2, steps_per_epoch=2, weight_decay=weight_decay, opposite=0.1)
+    own = "    temperature: 0.5\n" if method == "SimCLR" else "    fixed_predictor_lr: false\n    predictor_hidden_dims: [512]\n"
+    (run_dir / "config.yaml").write_text(
+        f"seed_everything: {seed}\nmodel:\n  class_path: ssl_norms.methods.{method}\n  init_args:\n{own}"
+        f"    weight_decay: {weight_decay}\nrun_dir: {run_dir}\n")
+    return run_dir
+
+
+def test_run_labels_tell_methods_settings_and_seeds_apart(tmp_path):
+    # Fig 5's runs: the first sorted differing keys (class_path, fixed_predictor_lr, predictor_hidden_dims)
+    # used to give both SimCLR runs one label
+    runs = [_method_run(tmp_path / f"r{i}", m, wd) for i, (m, wd) in enumerate([("SimCLR", 0.0), ("SimCLR", 1e-5), ("SimSiam", 0.0), ("SimSiam", 5e-4)])]
+    assert run_labels(runs) == ["method=simclr, weight_decay=0.0", "method=simclr, weight_decay=1e-05",
+                                "method=simsiam, weight_decay=0.0", "method=simsiam, weight_decay=0.0005"]
+    seeds = [_method_run(tmp_path / f"s{seed}", "SimCLR", 0.0, seed) for seed in (0, 1)]
+    assert run_labels(seeds) == ["seed=0", "seed=1"]
+    twins = [_method_run(tmp_path / where / "run", "SimCLR", 0.0) for where in ("a", "b")]  # same config, same folder name
+    labels = run_labels([*twins, seeds[1]])
+    assert labels == ["seed=0 (run) (#1)", "seed=0 (run) (#2)", "seed=1"] and len(set(labels)) == 3
+    no_configs = [tmp_path / where / "x" for where in ("c", "d")]
+    for run in no_configs:
+        run.mkdir(parents=True)
+    assert run_labels(no_configs) == [f"x ({run})" for run in no_configs]
+
+
+def test_curves_keeps_every_run_of_different_methods(tmp_path):
+    runs = [_method_run(tmp_path / f"r{i}", m, 0.0005) for i, m in enumerate(["SimCLR", "SimSiam"])]
+    out = tmp_path / "out"
+    main(["analyze", "curves", "--runs", *map(str, runs), "--out", str(out)])
+    final = json.loads((out / "curves.json").read_text())["final"]
+    assert sorted(final) == ["method=simclr", "method=simsiam"]
+    assert all(v["epoch"] == 2 and v["knn_top1"] == pytest.approx(0.2) for v in final.values())
+
+
 def test_opposite_pairs_table_from_the_monitor_logs(tmp_path):
     run = write_run(tmp_path / "r", epochs=12, steps_per_epoch=2, weight_decay=0.0, opposite=0.2)
     table = opposite_rate_at_epochs(run, ["last", 10, 1, 100])

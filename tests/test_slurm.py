@@ -199,3 +199,52 @@ def test_a_non_editable_install_submits_with_its_own_templates(tmp_path):
     for path in named:
         assert path.is_file() and path.resolve().is_relative_to(site), path
     assert (site / "ssl_norms" / "sbatch" / "multi_node.sbatch").is_file()
+
+
+SBATCH_OPTIONS = ["--partition", "gpu-long", "--account", "lab42", "--time", "2-00:00:00", "--gres", "gpu:a100:{gpus}",
+                  "--mem", "128G", "--qos", "high"]
+
+
+def _fake_sbatch(tmp_path: Path, monkeypatch) -> Path:
+    """An ``sbatch`` on PATH that records its arguments, one per line."""
+    log = tmp_path / "sbatch.args"
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {shlex.quote(str(log))}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+@pytest.mark.parametrize("argv, template, gpus", [
+    (["slurm", "array", str(TABLE1)], "array.sbatch", 1),
+    (["slurm", "fit", "--nodes", "2"], "multi_node.sbatch", 4),
+])
+def test_sbatch_options_reach_sbatch_before_the_template_which_stays_unedited(argv, template, gpus, tmp_path, monkeypatch, capsys):
+    log = _fake_sbatch(tmp_path, monkeypatch)
+    before = {p.name: p.read_bytes() for p in slurm.TEMPLATES.iterdir()}
+    options = [word.format(gpus=gpus) for word in SBATCH_OPTIONS]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, *options, "--", "--trainer.max_epochs=3"])
+    assert stop.value.code == 0
+    submitted = log.read_text().splitlines()
+    script = next(i for i, word in enumerate(submitted) if word.endswith(template))
+    expected = [f"--{key[2:]}={value}" for key, value in zip(options[::2], options[1::2])]
+    assert submitted[1:script] == expected  # options before the script: sbatch would pass later ones to the script
+    assert submitted[script + 1:][-1] == "--trainer.max_epochs=3"
+    assert {p.name: p.read_bytes() for p in slurm.TEMPLATES.iterdir()} == before
+    main([*argv, *options, "--dry-run"])  # the dry run prints the same sbatch command
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"# sbatch {submitted[0]} {' '.join(expected)} ")
+    if argv[1] == "array":  # and how to get the results table once the jobs end
+        assert printed[-1] == f"# results table of the finished points: ssl-norms sweep {TABLE1} --summary"
+
+
+def test_a_gres_gpu_count_that_does_not_match_the_tasks_per_node_is_refused(tmp_path, monkeypatch, capsys):
+    log = _fake_sbatch(tmp_path, monkeypatch)
+    for argv in (["slurm", "array", str(TABLE1), "--gres", "gpu:2"], ["slurm", "fit", "--gres", "gpu:v100:8", "--", "--config", "x.yaml"]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and len(err.splitlines()) == 1 and "GPUs per node but the template starts" in err, err
+    assert not log.exists()

@@ -12,7 +12,7 @@ import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import Callback
 
-from conftest import REPO, metric_values
+from conftest import REPO, metric_values, read_metrics_csv
 from ssl_norms.cli import SSLNormsCLI, main, run_lightning_cli
 from ssl_norms.data import SSLDataModule
 from ssl_norms.methods.base import SSLMethod
@@ -118,8 +118,8 @@ def test_index_out_of_range_and_missing_file(tmp_path, capsys):
     [
         (["--index", "1-0"], "--index 1-0: a range runs from low to high (e.g. 0-1)"),
         (["--index", ","], "--index names no point"),
-        ([], "give one of --list, --count, --index I, --all (got none)"),
-        (["--list", "--all"], "give one of --list, --count, --index I, --all (got --list --all)"),
+        ([], "give one of --list, --count, --index I, --all, --summary (got none)"),
+        (["--list", "--all"], "give one of --list, --count, --index I, --all, --summary (got --list --all)"),
         (["--index"], "argument --index: expected at least one argument"),
         (["--list", "--", "--trainer.max_epochs=1", "--bogus"], None),  # words after -- belong to the fits
     ],
@@ -298,3 +298,92 @@ def test_tiny_sweep_runs_two_points_and_resumes(tmp_path, capsys):
     assert "resuming" in capsys.readouterr().out
     again = torch.load(cut.last_checkpoint, weights_only=False)
     assert again["global_step"] == 8 and again["callbacks"]["CutInit"]["record"] == {"c": 2.0, "global_step": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds as an axis and the results table
+# ---------------------------------------------------------------------------------------------
+
+
+def _seed_sweep(path: Path, **extra) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "seeds", "config": str(REPO / "configs" / "demo.yaml"),
+        "grid": {"model.init_args.lr": [0.1, 0.2], "seed_everything": [0, 1, 2]}, **extra,
+    }))
+    return path
+
+
+def test_seed_axis_names_run_dirs_and_groups_points_into_settings(tmp_path, fit_parser):
+    points = sweep_points(_seed_sweep(tmp_path / "s.yaml"))
+    assert [p.label for p in points[:4]] == ["lr=0.1_seed=0", "lr=0.1_seed=1", "lr=0.1_seed=2", "lr=0.2_seed=0"]
+    assert [p.setting for p in points] == ["lr=0.1"] * 3 + ["lr=0.2"] * 3
+    assert points[4].run_dir == tmp_path / "runs" / "seeds" / "lr=0.2_seed=1" and points[4].describe() == "lr=0.2 seed=1"
+    assert "--seed_everything=2" in points[5].command()
+    fit, _ = check_point(fit_parser, points[5])  # the real fit parser takes the seed
+    assert fit.seed_everything == 2
+    other = tmp_path / "o.yaml"
+    other.write_text(yaml.safe_dump({"name": "o", "config": "a.yaml", "grid": {"seed": [0, 1]}}))
+    with pytest.raises(ValueError, match="dotted CLI key such as model.init_args.lr, or seed_everything"):
+        sweep_points(other)
+
+
+def _final_best_norm(run_dir: Path) -> tuple[float, float, float]:
+    """k-NN at the last validation, best k-NN, and the last epoch's norm/mean_epoch, read straight from metrics.csv."""
+    rows = read_metrics_csv(run_dir / "metrics.csv")
+    knn = [float(r["knn/top1"]) for r in rows if r.get("knn/top1")]
+    norms = [float(r["norm/mean_epoch"]) for r in rows if r.get("norm/mean_epoch")]
+    return knn[-1], max(knn), norms[-1]
+
+
+def test_summary_of_a_partly_run_sweep_marks_missing_points_and_averages_seeds(tmp_path, capsys):
+    from test_analysis import write_run
+
+    sweep = _seed_sweep(tmp_path / "s.yaml")
+    points = sweep_points(sweep)
+    decays = {0: 0.01, 1: 0.02, 2: 0.04}  # three seeds of lr=0.1; lr=0.2 not run at all
+    for point in points[:3]:
+        write_run(point.run_dir, epochs=3, steps_per_epoch=2, weight_decay=decays[point.values["seed_everything"]], opposite=0.1)
+    main(["sweep", str(sweep), "--summary"])
+    out = capsys.readouterr().out
+    finals = [1 + 2 * decays[s] * 100 + 0.5 for s in range(3)]  # write_run: mean of the last epoch's two steps
+    mean, std = sum(finals) / 3, float(torch.tensor(finals).std())
+    assert f"| lr=0.1 | 3/3 | 3 | 0.3000 +- 0.0000 | 0.3000 +- 0.0000 | {mean:.4f} +- {std:.4f} |" in out
+    assert "| lr=0.2 | 0/3 | - | missing | missing | missing |" in out
+    folder = tmp_path / "runs" / "seeds"
+    assert f"table: {folder / 'summary.csv'} {folder / 'summary.md'}" in out
+    rows = read_metrics_csv(folder / "summary.csv")
+    assert rows[0]["norm/mean final"] and float(rows[0]["norm/mean final"]) == pytest.approx(mean)
+    assert float(rows[0]["norm/mean final std"]) == pytest.approx(std) and rows[0]["runs found"] == "3"
+    assert rows[1]["runs found"] == "0" and rows[1]["knn/top1 final"] == ""
+
+
+def test_tiny_sweep_with_seeds_ends_with_its_results_table(tmp_path, capsys):
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "tiny-seeds",
+        "config": str(REPO / "configs" / "demo.yaml"),
+        "fixed": {
+            "data.init_args.train_samples": 256, "data.init_args.val_samples": 128, "data.init_args.batch_size": 64,
+            "model.init_args.mlp_hidden_dims": [32], "model.init_args.projector_dims": [32, 16],
+            "trainer.max_epochs": 2, "trainer.log_every_n_steps": 2,
+        },
+        "grid": {"seed_everything": [0, 1]},
+        "points": [{"label": "cut2", "trainer.callbacks+": {"class_path": "ssl_norms.callbacks.CutInit", "init_args": {"c": 2}}}],
+    }))
+    main(["sweep", str(sweep), "--index", "0-1"])  # cut2 not run yet
+    capsys.readouterr()
+    main(["sweep", str(sweep), "--summary"])
+    assert "| cut2 | 0/1 | - | missing | missing | missing |" in capsys.readouterr().out
+    main(["sweep", str(sweep), "--all"])  # runs cut2 (the others resume at their end) and ends with the table
+    out = capsys.readouterr().out
+    rows = {row["setting"]: row for row in read_metrics_csv(tmp_path / "runs" / "tiny-seeds" / "summary.csv")}
+    assert list(rows) == ["base", "cut2"] and out.rstrip().splitlines()[-1].startswith("table: ")
+    for setting, count in (("base", 2), ("cut2", 1)):
+        found = [_final_best_norm(p.run_dir) for p in sweep_points(sweep) if p.setting == setting]
+        assert len(found) == count and len(set(found)) == count  # two seeds, two results
+        for column, values in zip(("knn/top1 final", "knn/top1 best", "norm/mean final"), zip(*found)):
+            assert float(rows[setting][column]) == pytest.approx(sum(values) / count)
+            std = rows[setting][f"{column} std"]
+            assert float(std) == pytest.approx(float(torch.tensor(values).std())) if count > 1 else std == ""
+    cells = f"{float(rows['base']['knn/top1 final']):.4f} +- {float(rows['base']['knn/top1 final std']):.4f}"
+    assert f"| base | 2/2 | 2 | {cells} |" in out and f"| cut2 | 1/1 | 2 | {float(rows['cut2']['knn/top1 final']):.4f} |" in out

@@ -70,14 +70,18 @@ class EmbeddingNormMonitor(Callback):
     Args:
         quantiles: norm quantiles to log.
         validation: log the validation statistics.
+        per_class: also log every class's mean validation norm, ``val/<set>/norm_mean/class_<c>``
+            (one column per class: the Fig 2c panel of ``training_curves.png``).
     """
 
-    def __init__(self, quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95), validation: bool = True) -> None:
+    def __init__(self, quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95), validation: bool = True,
+                 per_class: bool = False) -> None:
         if any(not 0 <= q <= 1 for q in quantiles):
             raise ValueError(f"quantiles must lie in [0, 1], got {list(quantiles)}")
         self.quantiles = tuple(quantiles)
         self.validation = validation
-        self._val: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self.per_class = per_class
+        self._val: dict[int, list[tuple[torch.Tensor, ...]]] = {}
         self.val_norms: dict[str, torch.Tensor] = {}
         self._configured_interval: int | None = None
         self._lr = math.nan
@@ -164,7 +168,8 @@ class EmbeddingNormMonitor(Callback):
             return
         norms = outputs.embeddings.float().norm(dim=-1)
         feature_norms = outputs.features.float().norm(dim=-1)
-        self._val.setdefault(dataloader_idx, []).append((norms, feature_norms, torch.as_tensor(outputs.index, device=norms.device)))
+        index, label = (torch.as_tensor(t, device=norms.device) for t in (outputs.index, outputs.label))
+        self._val.setdefault(dataloader_idx, []).append((norms, feature_norms, index, label))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._val:
@@ -172,11 +177,14 @@ class EmbeddingNormMonitor(Callback):
         names = list(getattr(trainer.datamodule, "eval_set_names", None) or [])
         metrics = {}
         for idx, parts in sorted(self._val.items()):
-            norms, feature_norms, index = (all_gather_rows(pl_module, torch.cat(t)) for t in zip(*parts))
-            _, norms, feature_norms = unique_by_index(index, norms, feature_norms)
+            norms, feature_norms, index, labels = (all_gather_rows(pl_module, torch.cat(t)) for t in zip(*parts))
+            _, norms, feature_norms, labels = unique_by_index(index, norms, feature_norms, labels)
             name = names[idx] if idx < len(names) else f"dataloader_{idx}"
             self.val_norms[name] = norms
             for key, value in self.summarise(norms, feature_norms).items():
                 metrics[f"val/{name}/{key.replace('/', '_')}"] = value
+            if self.per_class:
+                for c in labels.unique().tolist():
+                    metrics[f"val/{name}/norm_mean/class_{c}"] = norms[labels == c].mean()
         pl_module.log_dict(metrics, add_dataloader_idx=False)
         self._val = {}
