@@ -52,6 +52,7 @@ from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
 from ssl_norms.callbacks.wandb_media import WandbValidationMedia
 from ssl_norms.commands import LIGHTNING_COMMANDS
 from ssl_norms.data import SSLDataModule
+from ssl_norms.lightning_compat import drop_unset_wandb_anonymous
 from ssl_norms.methods import SSLMethod
 from ssl_norms.resume import ApplyResumeChanges, check_parameters, compare_with_checkpoint, describe_changes
 from ssl_norms.runs import (
@@ -269,6 +270,9 @@ class SSLNormsCLI(LightningCLI):
         except (MisconfigurationException, TypeError, ValueError) as err:  # Lightning refusing --trainer.* settings
             raise UsageError(f"--trainer: {err}") from err
         check_sync_batchnorm(trainer, bool(trainer_config.get("sync_batchnorm")))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                drop_unset_wandb_anonymous(logger)
         return trainer
 
 

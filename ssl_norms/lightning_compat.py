@@ -20,6 +20,8 @@ instead of silently changing what a callback logs or where a resumed run continu
   :data:`CSV_LOGGER_ATTRIBUTES`.
 * :func:`logger_step` reads ``fit_loop.epoch_loop._batches_that_stepped`` (WandbValidationMedia logs
   its figures at the step of the validation's metrics, as LearningRateMonitor does).
+* :func:`drop_unset_wandb_anonymous` edits ``WandbLogger._wandb_init`` (the keyword arguments of its
+  ``wandb.init``) before the W&B run starts.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lightning import Trainer
+    from lightning.pytorch.loggers import WandbLogger
 
 CSV_WRITER_OVERRIDES = ("_check_log_dir_exists", "save")
 CSV_WRITER_ATTRIBUTES = ("metrics", "metrics_file_path", "_fs")
@@ -57,6 +60,13 @@ def logger_step(trainer: Trainer) -> int:
     """The step Lightning passes to the loggers with the values logged now (for a validation during
     fit: the step its metrics are written at; one less than ``global_step`` at an epoch's end)."""
     return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+def drop_unset_wandb_anonymous(logger: WandbLogger) -> None:
+    """WandbLogger passes ``anonymous=None`` to ``wandb.init`` unless asked, and wandb warns about
+    that deprecated key whatever its value: drop it when the user did not set it."""
+    if logger._wandb_init.get("anonymous", False) is None:
+        del logger._wandb_init["anonymous"]
 
 
 def epoch_batches_processed(trainer: Trainer) -> int:

@@ -180,3 +180,15 @@ def test_logger_step_is_the_step_of_the_validation_metrics(tmp_path):
 def test_every_fenced_reader_fails_loudly_when_its_internal_is_gone(name):
     with pytest.raises(AttributeError):
         getattr(compat, name)(object())
+
+
+def test_wandb_logger_keeps_anonymous_only_when_the_user_set_it(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    unset = WandbLogger(save_dir=str(tmp_path), offline=True)
+    assert "anonymous" in unset._wandb_init  # what makes wandb warn
+    compat.drop_unset_wandb_anonymous(unset)
+    assert "anonymous" not in unset._wandb_init
+    chosen = WandbLogger(save_dir=str(tmp_path), offline=True, anonymous=True)
+    compat.drop_unset_wandb_anonymous(chosen)
+    assert chosen._wandb_init["anonymous"] == "allow"

@@ -136,7 +136,7 @@ def _history(records: list[dict]) -> list[dict]:
 
 
 @pytest.mark.timeout(600)
-def test_offline_fit_validate_and_analyze_fill_one_wandb_run(tmp_path, monkeypatch):
+def test_offline_fit_validate_and_analyze_fill_one_wandb_run(tmp_path, monkeypatch, capfd):
     pytest.importorskip("wandb", minversion="0.31", reason="reading the run file needs `wandb leet inspect --json`")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
@@ -145,6 +145,7 @@ def test_offline_fit_validate_and_analyze_fill_one_wandb_run(tmp_path, monkeypat
     main(["fit", *TINY_DEMO, "--trainer.check_val_every_n_epoch", "1", "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
           "--trainer.callbacks+=ssl_norms.callbacks.CutInit", "--trainer.callbacks.c=2", "--run_dir", str(run_dir)])
     assert wandb.run is None  # fit finished its W&B run, and its files are complete (no teardown needed here)
+    assert "anonymous" not in capfd.readouterr().err  # wandb's deprecation warning for a key nobody set
     offline = _offline_runs(run_dir)
     assert len(offline) == 1, f"one offline run expected in {run_dir / 'wandb'}: {sorted(p.name for p in (run_dir / 'wandb').iterdir())}"
     run_id = (run_dir / "wandb_run_id").read_text().strip()
