@@ -56,7 +56,7 @@ from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
 from ssl_norms.commands import COMMANDS, run_command, usage
 from ssl_norms.data import SSLDataModule
 from ssl_norms.methods import SSLMethod
-from ssl_norms.resume import ApplyResumeChanges, check_parameters, compare_with_checkpoint, describe_changes
+from ssl_norms.resume import ApplyResumeChanges, _plain, check_parameters, compare_with_checkpoint, describe_changes
 from ssl_norms.runs import (
     CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, AtomicCheckpointIO, CheckpointSaveError, RecordStart, RunStart, acquire_lock,
     create_unique_dir, drop_held_notes, evaluation_target, experiment_name, fit_checkpoint, fit_run_dir, hold_notes,
@@ -91,7 +91,7 @@ def command_line_data_keys(words: list[str]) -> set[str] | None:
         if name in ("--data", "--data.class_path"):
             return None
         if name.startswith("--data."):
-            keys.add(name.removeprefix("--data.").removeprefix("init_args."))
+            keys.add(name.removeprefix("--data.").removeprefix("init_args.").split(".")[0])  # imbalance.preset -> imbalance
     return keys
 
 
@@ -220,14 +220,15 @@ class SSLNormsCLI(LightningCLI):
         if saved is None or self.data_keys is None:
             return
         current = cfg.data.get("init_args") or Namespace()
-        if saved.get("class_path") != cfg.data.class_path:
+        taken = []
+        if saved["class_path"] != cfg.data.class_path:
             current = Namespace(**{key: current[key] for key in LOCAL_DATA_SETTINGS if key in current})
             cfg.data.class_path = saved["class_path"]
-        taken = []
+            taken.append(f"class_path={saved['class_path']}")
         for key, value in (saved.get("init_args") or {}).items():
             if key in self.data_keys or key in LOCAL_DATA_SETTINGS and key in current:
                 continue
-            if key not in current or current[key] != value:
+            if key not in current or _plain(current[key]) != value:
                 current[key] = value
                 taken.append(f"{key}={value}")
         cfg.data.init_args = current
