@@ -100,3 +100,12 @@ def test_a_configured_checkpoint_with_save_last_leaves_one_file(tmp_path):
     main(["fit", *TINY_DEMO, "--trainer.max_epochs", "1", "--run_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.save_last", "true"])
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["last.ckpt"]
+
+
+def test_command_line_data_keys_names_what_the_command_line_sets():
+    from ssl_norms.cli import command_line_data_keys
+
+    words = ["--config", "c.yaml", "--data.init_args.max_train_samples", "5", "--data.seed=3", "--data.init_args.imbalance.preset", "cifar10"]
+    assert command_line_data_keys(words) == {"max_train_samples", "seed", "imbalance"}
+    assert command_line_data_keys(["--data", "other.yaml"]) is None
+    assert command_line_data_keys(["--data.class_path=ssl_norms.data.CIFAR10DataModule"]) is None
