@@ -19,10 +19,14 @@ What may change on resume: :mod:`ssl_norms.resume`. In short:
   failure is one line on stderr (:func:`main`).
 
 Every fit also gets, unless configured: ModelCheckpoint (``checkpoints/last.ckpt`` only, replaced
-atomically), the NonFiniteGuard, GlobalBatchLog (global batch and lr stated at fit start, lr never
-rescaled), ReproducibleResume (per-epoch seeds and the data position, so a resumed run draws the data
-of an uninterrupted one), WandbValidationMedia (figures into the W&B run, when there is one) and a
-CSVLogger (``metrics.csv``, kept across resumes) next to any other logger.
+atomically; a configured one that keeps only its newest file and ``save_last`` keeps ``last.ckpt``
+alone, never two identical files), the NonFiniteGuard, GlobalBatchLog (global batch and lr stated at
+fit start, lr never rescaled), ReproducibleResume (per-epoch seeds and the data position, so a resumed
+run draws the data of an uninterrupted one), WandbValidationMedia (figures into the W&B run, when there
+is one) and a CSVLogger (``metrics.csv``, kept across resumes) next to any other logger. ``predict``
+gets an EmbeddingWriter (``predictions.npz``) unless a prediction writer is configured;
+``validate``/``test``/``predict`` of a run's checkpoint use the run's data settings
+(:meth:`SSLNormsCLI._use_run_data`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
@@ -47,6 +51,7 @@ import ssl_norms.callbacks  # noqa: F401  (makes callback class names resolvable
 from ssl_norms.bad_input import UsageError, check_trainer
 from ssl_norms.callbacks import NonFiniteGuard
 from ssl_norms.callbacks.global_batch import GlobalBatchLog
+from ssl_norms.callbacks.prediction_writer import EmbeddingWriter
 from ssl_norms.callbacks.progress import ModelSummary as QuietModelSummary, ProgressLines
 from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
 from ssl_norms.callbacks.wandb_media import WandbValidationMedia
@@ -54,15 +59,17 @@ from ssl_norms.commands import LIGHTNING_COMMANDS
 from ssl_norms.data import SSLDataModule
 from ssl_norms.lightning_compat import drop_unset_wandb_anonymous
 from ssl_norms.methods import SSLMethod
-from ssl_norms.resume import ApplyResumeChanges, check_parameters, compare_with_checkpoint, describe_changes
+from ssl_norms.resume import ApplyResumeChanges, _plain, check_parameters, compare_with_checkpoint, describe_changes
 from ssl_norms.runs import (
     CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, AtomicCheckpointIO, RecordStart, RunStart, acquire_lock,
     create_unique_dir, drop_held_notes, evaluation_target, experiment_name, fit_checkpoint, fit_run_dir, hold_notes,
-    is_first_process, make_dir, missing_dirs, note, remove_empty_dirs, runs_root, timestamp,
+    is_first_process, make_dir, missing_dirs, note, remove_empty_dirs, run_data_config, runs_root, timestamp,
 )
 
 CSV_LOGGER = "ssl_norms.loggers.CSVLogger"
 RUN_ARGS = ("run_dir", "ckpt_path")  # read from the command line only (module docstring)
+# data settings of this machine, not of the evaluated run: where the data is and how it is loaded
+LOCAL_DATA_SETTINGS = ("root", "num_workers", "batch_size", "eval_batch_size", "augment_on")
 
 
 def command_line_run_args(words: list[str]) -> dict[str, str | None]:
@@ -76,6 +83,19 @@ def command_line_run_args(words: list[str]) -> dict[str, str | None]:
             elif word.startswith(f"{flag}="):
                 values[key] = word[len(flag) + 1:]
     return {key: None if value in ("", "null", "None") else value for key, value in values.items()}
+
+
+def command_line_data_keys(words: list[str]) -> set[str] | None:
+    """The data settings written on the command line (``--data.init_args.KEY`` or ``--data.KEY``);
+    None when ``--data`` itself or ``--data.class_path`` is (the whole data section is then given)."""
+    keys: set[str] = set()
+    for word in words:
+        name = word.split("=", 1)[0]
+        if name in ("--data", "--data.class_path"):
+            return None
+        if name.startswith("--data."):
+            keys.add(name.removeprefix("--data.").removeprefix("init_args.").split(".")[0])  # imbalance.preset -> imbalance
+    return keys
 
 
 def check_sync_batchnorm(trainer: Trainer, requested: bool) -> None:
@@ -138,7 +158,9 @@ class SSLNormsCLI(LightningCLI):
         self.cleanup = cleanup
         words = kwargs.get("args")
         words = sys.argv[1:] if words is None else words
-        self.requested = command_line_run_args(list(words)) if isinstance(words, (list, tuple)) else None
+        listed = isinstance(words, (list, tuple))
+        self.requested = command_line_run_args(list(words)) if listed else None
+        self.data_keys = command_line_data_keys(list(words)) if listed else None  # a dict: every setting explicit
         super().__init__(*args, save_config_callback=SaveRunConfig, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -180,6 +202,8 @@ class SSLNormsCLI(LightningCLI):
             self.checkpoint = fit_checkpoint(run_dir, ckpt_arg)
         else:
             run, self.checkpoint = evaluation_target(cfg, run_dir_arg, ckpt_arg)  # children resolve the same
+            if self.checkpoint is not None:
+                self._use_run_data(cfg, run)
         self.changes = compare_with_checkpoint(self.checkpoint, cfg.model) if self.checkpoint is not None else {}
         if self.changes and fit:
             note(f"resuming with changed settings from global step {self.checkpoint.global_step}: {describe_changes(self.changes)}")
@@ -199,6 +223,29 @@ class SSLNormsCLI(LightningCLI):
         if fit and self.owner and not locked:
             self.cleanup.callback(acquire_lock(out))
         return out
+
+    def _use_run_data(self, cfg: Namespace, run: Path) -> None:
+        """Evaluate a run's checkpoint on the run's own data (its subsets decide the k-NN bank): the data
+        settings of ``<run>/config.yaml`` replace the configured ones, except those written on the
+        command line and the machine's own (``LOCAL_DATA_SETTINGS``)."""
+        saved = run_data_config(run)
+        if saved is None or self.data_keys is None:
+            return
+        current = cfg.data.get("init_args") or Namespace()
+        taken = []
+        if saved["class_path"] != cfg.data.class_path:
+            current = Namespace(**{key: current[key] for key in LOCAL_DATA_SETTINGS if key in current})
+            cfg.data.class_path = saved["class_path"]
+            taken.append(f"class_path={saved['class_path']}")
+        for key, value in (saved.get("init_args") or {}).items():
+            if key in self.data_keys or key in LOCAL_DATA_SETTINGS and key in current:
+                continue
+            if key not in current or _plain(current[key]) != value:
+                current[key] = value
+                taken.append(f"{key}={value}")
+        cfg.data.init_args = current
+        if taken:
+            note(f"data settings of {run / 'config.yaml'}: {', '.join(taken)} (command-line --data.* settings override them)")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
@@ -239,13 +286,17 @@ class SSLNormsCLI(LightningCLI):
         callbacks = list(configured) if isinstance(configured, list) else [configured]
         checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
         for callback in checkpoints:
+            if callback.save_last is True and callback.monitor is None and callback.save_top_k == 1:
+                callback.save_top_k = 0  # its one kept file would be the newest, a copy of last.ckpt
             if callback.dirpath is None:
                 callback.dirpath = str(self.run_dir / CHECKPOINT_DIR)
                 # the lock and check_fit_dir make every file there this run's own: overwrite, never last-v1
                 callback._enable_version_counter = False
-        if not checkpoints:  # one file, last.ckpt, replaced every epoch (save_last would add a second copy)
+        if not checkpoints and self.subcommand == "fit":  # one file, last.ckpt, replaced every epoch
             callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / CHECKPOINT_DIR), filename="last",
                                              enable_version_counter=False))
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks.append(EmbeddingWriter())  # predictions.npz in the predict-<timestamp>/ folder
         for default in (NonFiniteGuard, GlobalBatchLog, ReproducibleResume, WandbValidationMedia):
             if not any(isinstance(c, default) for c in callbacks):
                 callbacks.append(default())

@@ -31,6 +31,7 @@ COMMANDS: dict[str, Command] = {
     "compare": Command("results table and overlaid norm and k-NN curves of any runs", "ssl_norms.compare:compare"),
     "slurm": Command("submit fits and sweep arrays with the sbatch templates", "ssl_norms.slurm:COMMAND"),
     "analyze": Command("the paper's analyses of trained runs (Fig 3-5, S3-S6, Table S1)", "ssl_norms.analysis.command:COMMAND"),
+    "export": Command("write a checkpoint's backbone as a state_dict with its architecture recipe", "ssl_norms.export:export"),
     "simulate": Command("the paper's Section 3-4 simulations (Fig 2a-c, theory checks)", "ssl_norms.simulations.command:COMMAND"),
 }
 

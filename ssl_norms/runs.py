@@ -501,6 +501,17 @@ def fit_checkpoint(run_dir: Path | None, ckpt_arg: str | None) -> CheckpointInfo
     return checkpoint
 
 
+def run_data_config(run: Path) -> dict[str, Any] | None:
+    """The ``data`` section (``class_path``, ``init_args``) of the run's ``config.yaml``; None when the
+    folder holds no readable one (a checkpoint outside a run)."""
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    data = config.get("data") if isinstance(config, dict) else None
+    return data if isinstance(data, dict) and data.get("class_path") else None
+
+
 def evaluation_target(cfg: Any, run_dir_arg: str | None, ckpt_arg: str | None) -> tuple[Path, CheckpointInfo | None]:
     """(run whose ``<command>-<timestamp>/`` sub-folder gets the output, checkpoint) of
     validate/test/predict: a checkpoint path and its run; ``--ckpt_path last`` or ``--run_dir`` alone:
