@@ -1,3 +1,4 @@
+from ssl_norms.callbacks.compile import CompileBackbone
 from ssl_norms.callbacks.cut_init import CutInit
 from ssl_norms.callbacks.grad_scale import GradScale
 from ssl_norms.callbacks.guards import NonFiniteGuard, NonFiniteLossError
@@ -6,4 +7,4 @@ from ssl_norms.callbacks.linear_probe import OnlineLinearProbe
 from ssl_norms.callbacks.norm_monitor import EmbeddingNormMonitor
 from ssl_norms.callbacks.summary import RunSummary
 
-__all__ = ["CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "RunSummary"]
+__all__ = ["CompileBackbone", "CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "RunSummary"]
