@@ -9,8 +9,9 @@ Per configuration (ResNet-18 CIFAR stem, bf16-mixed autocast, real CIFAR-10 from
   skipped with a note when lightly is not installed (``pip install '.[bench]'``);
 * ssl-norms: ``Trainer.fit`` of the method with its monitors, the DataModule left at its defaults.
 
-and the goals' ratios: ssl-norms / limit and / peer (P1), fit / bare loop (P2: the same step in a
-hand-written loop), the norm monitor's share of a step (P3), the DataModule's loader / the step (P5),
+and the goals' ratios: ssl-norms / limit and / peer (P1), fit / bare loop (P2: the same step and
+loader in a hand-written loop), the norm monitor's share of a step (P3), the DataModule's loader
+alone / the step alone, in pairs/s (P5),
 and the peak RSS of each measurement (main process; + its DataLoader workers' largest).
 
 Every measurement runs in its own fresh process (so peak RSS, threads and allocator state are its
@@ -185,8 +186,8 @@ def measure_ssl_norms(cfg: Config) -> dict:
 
 
 def measure_bare(cfg: Config) -> dict:
-    """The same ssl-norms step in a hand-written loop on batches already in memory (P2's denominator),
-    the norm monitor's statistics against that step (P3), and the DataModule's loader alone (P5)."""
+    """The same ssl-norms step in a hand-written loop over the DataModule's loader (P2's denominator),
+    the norm monitor's statistics against the step alone (P3), and the loader alone (P5)."""
     from ssl_norms.callbacks import EmbeddingNormMonitor
 
     model, data = ssl_norms_parts(cfg)
@@ -194,29 +195,36 @@ def measure_bare(cfg: Config) -> dict:
     model.setup("fit")  # what Trainer.fit does first (layout choices, where the code makes them)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-6)
-    loader = data.train_dataloader()
-    batches = iter(loader)
+    count = cfg.warmup + cfg.steps
+    batches = iter(data.train_dataloader())
+    next(batches)  # worker start-up excluded
     start = time.perf_counter()
-    held = [next(batches) for _ in range(cfg.warmup + cfg.steps)]
-    loader_s = (time.perf_counter() - start) / len(held)
+    for _ in range(cfg.steps):
+        next(batches)
+    loader_s = (time.perf_counter() - start) / cfg.steps
     del batches
-    monitor, step_times, monitor_times = EmbeddingNormMonitor(), [], []
-    for i, batch in enumerate(held):
+    monitor, loop_times, step_times, monitor_times = EmbeddingNormMonitor(), [], [], []
+    batches = iter(data.train_dataloader())
+    for i in range(count):
         start = time.perf_counter()
+        batch = next(batches)
+        loaded = time.perf_counter()
         with autocast():
             step = model.ssl_step(batch["views"])
         (step.loss / cfg.accumulate).backward()
         if (i + 1) % cfg.accumulate == 0:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        end = time.perf_counter()
         if i >= cfg.warmup:
-            step_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
+            loop_times.append(end - start)
+            step_times.append(end - loaded)
             stats = monitor.statistics([e.detach() for e in step.embeddings], [f.detach() for f in step.features])
             float(stats["norm/mean"])  # the sync a logger does
-            monitor_times.append(time.perf_counter() - start)
+            monitor_times.append(time.perf_counter() - end)
     step_s = statistics.median(step_times)
-    return {"pairs_s": cfg.batch / step_s, "monitor_share": statistics.median(monitor_times) / step_s, "loader_over_step": step_s / loader_s}
+    return {"pairs_s": cfg.steps * cfg.batch / sum(loop_times), "monitor_share": statistics.median(monitor_times) / step_s,
+            "loader_over_step": step_s / loader_s}
 
 
 MEASURE = {"limit": measure_limit, "peer": measure_peer, "ssl-norms": measure_ssl_norms, "bare": measure_bare}
