@@ -105,3 +105,11 @@ def test_compiled_backbone_trains_one_step():
     losses, model = short_fit(None, "32-true", callbacks=[CompileBackbone(backend="aot_eager")], steps=1)
     assert model.backbone._compiled_call_impl is not None and len(losses) == 1 and losses[0] == losses[0]
     assert not any("_orig_mod" in key for key in model.state_dict())
+
+
+@pytest.mark.slow
+def test_inductor_compiled_backbone_gives_the_eager_loss():
+    """The real compiler (needs a C++ toolchain): the first loss equals the eager one."""
+    eager, _ = short_fit(False, "32-true", steps=2)
+    compiled, _ = short_fit(False, "32-true", callbacks=[CompileBackbone()], steps=2)
+    assert torch.allclose(torch.tensor(compiled), torch.tensor(eager), rtol=1e-4)
