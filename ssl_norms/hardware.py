@@ -1,8 +1,8 @@
 """Defaults chosen from the hardware when a run leaves them open: the precision, the memory format of
 convolutional backbones, and how the CPU cores are split between data loading and the step.
 
-Each choice is stated in one line (``ssl_norms.runs.note``); an explicit setting always wins
-(``--trainer.precision``, ``--data.init_args.num_workers``, ``SSLMethod.channels_last``).
+The precision and the workers are each stated in one line (``ssl_norms.runs.note``); an explicit
+setting always wins (``--trainer.precision``, ``--data.init_args.num_workers``, ``SSLMethod.channels_last``).
 Measurements behind the rules: benchmarks/README.md.
 """
 
@@ -78,13 +78,15 @@ def use_channels_last(backbone: nn.Module) -> None:
         backbone.register_forward_pre_hook(_to_channels_last)
 
 
-def loader_split(cores: int | None = None) -> tuple[int, int, str]:
+def loader_split(cores: int | None = None, threads: int | None = None) -> tuple[int, int, str]:
     """(DataLoader workers, torch intra-op threads, one-line reason) for a DataModule that sets no
     ``num_workers``: on few cores the augmentation runs in the training process and the step gets
-    every core; on more, workers take a quarter of the cores (2 to 8) and the step the rest."""
-    cores = cores or cpu_cores()
+    every core; on more, workers take a quarter of the cores (2 to 8) and the step the rest. The
+    threads never exceed ``threads`` (torch's default: one per physical core)."""
+    cores, threads = cores or cpu_cores(), threads or torch.get_num_threads()
     if cores <= FEW_CORES:
-        return 0, cores, f"{cores} CPU cores: augmenting in the training process, {cores} torch threads for the step (--data.init_args.num_workers to change)"
+        threads = min(threads, cores)
+        return 0, threads, f"{cores} CPU cores: augmenting in the training process, {threads} torch threads for the step (--data.init_args.num_workers to change)"
     workers = min(8, max(2, cores // 4))
-    threads = cores - workers
+    threads = max(1, min(threads, cores - workers))
     return workers, threads, f"{cores} CPU cores: {workers} DataLoader workers, {threads} torch threads for the step (--data.init_args.num_workers to change)"

@@ -88,10 +88,11 @@ def test_cli_states_the_precision_it_chose_and_an_explicit_one_wins(monkeypatch,
 
 
 def test_workers_and_threads_from_the_core_count(monkeypatch, capsys):
-    assert hardware.loader_split(2)[:2] == (0, 2)
-    assert hardware.loader_split(32)[:2] == (8, 24)
-    workers, threads, why = hardware.loader_split(12)
-    assert (workers, threads) == (3, 9) and "12 CPU cores" in why
+    assert hardware.loader_split(2, threads=2)[:2] == (0, 2)
+    assert hardware.loader_split(32, threads=32)[:2] == (8, 24)
+    assert hardware.loader_split(32, threads=16)[:2] == (8, 16)  # no more threads than physical cores
+    workers, threads, why = hardware.loader_split(12, threads=12)
+    assert (workers, threads) == (3, 9) and "12 CPU cores: 3 DataLoader workers, 9 torch threads" in why
     monkeypatch.setattr(hardware, "cpu_cores", lambda: 2)
     assert CIFAR10DataModule().num_workers == 0
     assert "2 CPU cores: augmenting in the training process" in capsys.readouterr().err
