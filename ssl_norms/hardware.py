@@ -70,10 +70,11 @@ def channels_last_is_faster(backbone: nn.Module, device: str) -> bool:
     return device == "cpu"
 
 
-def use_channels_last(backbone: nn.Module) -> None:
-    """Weights and 4-d inputs of ``backbone`` in channels_last (NHWC); the values, the state dict and
-    checkpoints are unchanged. Calling it again changes nothing."""
-    backbone.to(memory_format=torch.channels_last)
+def use_channels_last(model: nn.Module, backbone: nn.Module) -> None:
+    """Every 4-d weight of ``model`` (its EMA target networks too) and the 4-d inputs of ``backbone``
+    in channels_last (NHWC); the values, the state dict and checkpoints are unchanged. Calling it
+    again changes nothing."""
+    model.to(memory_format=torch.channels_last)
     if _to_channels_last not in backbone._forward_pre_hooks.values():
         backbone.register_forward_pre_hook(_to_channels_last)
 

@@ -13,7 +13,7 @@ from ssl_norms.callbacks import CompileBackbone
 from ssl_norms.data import CIFAR10DataModule
 from ssl_norms.data.augment import BatchedSimCLRAugmentation
 from ssl_norms.data.datasets import AugmentedViews
-from ssl_norms.methods import SimCLR
+from ssl_norms.methods import BYOL, SimCLR
 
 
 class LossCurve(L.Callback):
@@ -59,6 +59,10 @@ def test_channels_last_leaves_the_loss_curve_unchanged(precision, tolerance):
 def test_channels_last_by_default_on_cpu_for_convolutions_only():
     _, model = short_fit(None, "32-true", steps=1)
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    byol = BYOL(backbone_width=4, projector_dims=[16, 8], predictor_hidden_dims=[16])
+    byol.setup("fit")  # the EMA target network too
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in byol.parameters() if p.ndim == 4)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in byol.target.parameters() if p.ndim == 4)
     mlp = SimCLR(backbone="mlp", input_dim=8, mlp_hidden_dims=[16], projector_dims=[8])
     assert not hardware.channels_last_is_faster(mlp.backbone, "cpu")
     assert not hardware.channels_last_is_faster(model.backbone, "mps")

@@ -140,7 +140,7 @@ class SSLMethod(L.LightningModule):
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device.type if self._trainer is not None else "cpu"
         if self.channels_last if self.channels_last is not None else channels_last_is_faster(self.backbone, device):
-            use_channels_last(self.backbone)
+            use_channels_last(self, self.backbone)
 
     # ---- what a method implements -------------------------------------------------------------
     def embed_features(self, features: Tensor) -> Tensor:
