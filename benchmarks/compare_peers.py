@@ -60,7 +60,7 @@ PROJECTOR = [2048, 128]  # lightly's SimCLRProjectionHead(feature_dim, 2048, 128
 
 
 def peak_rss_mb() -> tuple[float, float]:
-    """Peak resident memory of this process and of its largest finished child (DataLoader workers), MB."""
+    """Peak resident memory of this process and of its largest finished child process (DataLoader workers), MB."""
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
@@ -85,7 +85,7 @@ def measure_limit(cfg: Config) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return {"pairs_s": cfg.steps * cfg.batch / (time.perf_counter() - start)}
+    return {"pairs_s": cfg.steps * cfg.batch / (time.perf_counter() - start), "workers": 0}
 
 
 class StepTimer(L.Callback):
@@ -162,7 +162,7 @@ def measure_peer(cfg: Config) -> dict:
     loader = DataLoader(Images(images, labels, transform), batch_size=cfg.batch, shuffle=True, drop_last=True, num_workers=2,
                         persistent_workers=True)
     torch.manual_seed(0)
-    return {"pairs_s": timed_fit(cfg, PeerSimCLR(), loader, [])}
+    return {"pairs_s": timed_fit(cfg, PeerSimCLR(), loader, []), "workers": loader.num_workers}
 
 
 def ssl_norms_parts(cfg: Config):
@@ -224,7 +224,7 @@ def measure_bare(cfg: Config) -> dict:
             monitor_times.append(time.perf_counter() - end)
     step_s = statistics.median(step_times)
     return {"pairs_s": cfg.steps * cfg.batch / sum(loop_times), "monitor_share": statistics.median(monitor_times) / step_s,
-            "loader_over_step": step_s / loader_s}
+            "loader_over_step": step_s / loader_s, "workers": data.num_workers}
 
 
 MEASURE = {"limit": measure_limit, "peer": measure_peer, "ssl-norms": measure_ssl_norms, "bare": measure_bare}
@@ -233,7 +233,9 @@ MEASURE = {"limit": measure_limit, "peer": measure_peer, "ssl-norms": measure_ss
 def child(system: str, cfg: Config) -> None:
     """One measurement in this (fresh) process; prints one JSON line."""
     result = MEASURE[system](cfg)
-    result["rss_mb"], result["workers_rss_mb"] = peak_rss_mb()
+    result["rss_mb"], workers_rss = peak_rss_mb()
+    if result.get("workers"):  # other child processes (none here) would count too
+        result["workers_rss_mb"] = workers_rss
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -262,7 +264,8 @@ def report(cfg: Config, results: dict[str, list[dict]]) -> None:
         if pairs[name] is None:
             print(f"  {label:<22} skipped: {skipped}")
             continue
-        rss = f"peak RSS {median(results[name], 'rss_mb'):6.0f} MB (+ largest child process {median(results[name], 'workers_rss_mb'):4.0f} MB)"
+        workers = median(results[name], "workers_rss_mb")
+        rss = f"peak RSS {median(results[name], 'rss_mb'):6.0f} MB" + (f" (+ largest worker {workers:4.0f} MB)" if workers else "")
         print(f"  {label:<22} {pairs[name]:7.2f} pairs/s   {rss}")
 
     def ratio(a, b):
