@@ -24,9 +24,10 @@ test: install
 test-slow: install
 	$(BIN)/pytest -m slow
 
+# ssl-norms against the compute-only limit and lightly (the `bench` extra), ratios per goal (~10 min)
 bench: install
-	$(BIN)/python benchmarks/throughput.py
-	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python benchmarks/compare_peers.py
 
 # 5 methods x (default, cut-init, GradScale) on the demo data: loss, norm and k-NN table (~5-10 min)
 study: install

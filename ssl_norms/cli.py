@@ -57,6 +57,7 @@ from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
 from ssl_norms.callbacks.wandb_media import WandbValidationMedia
 from ssl_norms.commands import LIGHTNING_COMMANDS
 from ssl_norms.data import SSLDataModule
+from ssl_norms.hardware import default_precision
 from ssl_norms.lightning_compat import drop_unset_wandb_anonymous
 from ssl_norms.methods import SSLMethod
 from ssl_norms.resume import ApplyResumeChanges, _plain, check_parameters, compare_with_checkpoint, describe_changes
@@ -256,6 +257,9 @@ class SSLNormsCLI(LightningCLI):
         self.owner = is_first_process()
         hold_notes()  # shown when the run starts (RecordStart): a refused command prints its error alone
         self.cleanup.callback(drop_held_notes)
+        if cfg.trainer.get("precision") is None:  # left open: the hardware's choice, recorded in config.yaml
+            cfg.trainer.precision, why = default_precision(cfg.trainer.get("accelerator"))
+            note(why)
         out = self._prepare_run(cfg)
         os.environ[RUN_DIR_ENV] = str(out)
         cfg.run_dir = str(out)

@@ -209,3 +209,13 @@ def test_batched_pipeline_outpaces_resnet18_step():
     loader_rate, step_rate = benchmark.loader_rate, benchmark.step_rate
     dataset = AugmentedViews(random_images(256 * 8), torch.zeros(256 * 8, dtype=torch.long), BatchedSimCLRAugmentation(32, MEAN, STD))
     assert loader_rate(dataset, 256, 2, 6) > 2 * step_rate(64, 256, 1)
+
+
+def test_loaders_take_the_batch_as_built_and_default_collate_stacks_the_same():
+    dataset = AugmentedViews(random_images(16), torch.arange(16) % 3, BatchedSimCLRAugmentation(16, MEAN, STD))
+    torch.manual_seed(0)
+    own = next(iter(DataLoader(dataset, batch_size=8, collate_fn=dataset.collate_fn)))
+    torch.manual_seed(0)
+    default = next(iter(DataLoader(dataset, batch_size=8)))
+    assert torch.equal(own["index"], default["index"]) and torch.equal(own["label"], default["label"])
+    assert len(own["views"]) == 2 and all(torch.equal(a, b) for a, b in zip(own["views"], default["views"]))

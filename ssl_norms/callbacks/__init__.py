@@ -1,3 +1,4 @@
+from ssl_norms.callbacks.compile import CompileBackbone
 from ssl_norms.callbacks.cut_init import CutInit
 from ssl_norms.callbacks.grad_scale import GradScale
 from ssl_norms.callbacks.guards import NonFiniteGuard, NonFiniteLossError
@@ -8,4 +9,4 @@ from ssl_norms.callbacks.progress import ProgressLines
 from ssl_norms.callbacks.summary import RunSummary
 from ssl_norms.callbacks.wandb_media import WandbValidationMedia
 
-__all__ = ["CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "ProgressLines", "RunSummary", "WandbValidationMedia"]
+__all__ = ["CompileBackbone", "CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "ProgressLines", "RunSummary", "WandbValidationMedia"]

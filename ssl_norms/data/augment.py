@@ -124,7 +124,8 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     hue = torch.where(value == r, (g - b) * inv_chroma, torch.where(value == g, (b - r) * inv_chroma + 2, (r - g) * inv_chroma + 4))
     hue += 6 * shift.view(-1, 1, 1)
     # back to RGB: channel n in (R, G, B) = v - c * clamp(min(k, 4 - k), 0, 1), k = (n + hue) mod 6
-    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=images.device).view(1, 3, 1, 1) + hue.unsqueeze(-3), 6)
+    offsets = torch.arange(5.0, 0.0, -2.0, device=images.device).view(1, 3, 1, 1)  # 5, 3, 1; made on the device, no host copy
+    k = torch.remainder(offsets + hue.unsqueeze(-3), 6)
     ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
     return value.unsqueeze(-3) - chroma.unsqueeze(-3) * ramp
 
@@ -163,6 +164,7 @@ class BatchedSimCLRAugmentation:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
         self.size, self.crop, self.scale, self.ratio = size, crop, (min_scale, 1.0), ratio
         self.mean, self.std = tuple(mean), tuple(std)
+        self._constants: dict[torch.device, tuple[Tensor, Tensor]] = {}
         s = jitter_strength
         self.brightness = self.contrast = self.saturation = 0.8 * s
         self.hue = min(0.2 * s, 0.5)
@@ -195,19 +197,26 @@ class BatchedSimCLRAugmentation:
             x = resized_crops(x, params["box"], self.size)
         x = torch.where(params["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
         jitter, factors, order = params["jitter"], params["factors"], params["order"]
-        if jitter.any():
-            # position k of each sample's random order: run each operation on the samples whose k-th step it is
-            for k in range(4):
-                for op_index, op in enumerate(COLOR_OPS):
-                    applied = jitter[:, op_index] if jitter.ndim == 2 else jitter
-                    rows = (applied & (order[:, k] == op_index)).nonzero().flatten()
+        # position k of each sample's random order: run each operation on the samples whose k-th step it is
+        for k in range(4):
+            for op_index, op in enumerate(COLOR_OPS):
+                applied = (jitter[:, op_index] if jitter.ndim == 2 else jitter) & (order[:, k] == op_index)
+                if x.device.type == "cpu":  # only the selected rows: no device to wait for on a CPU
+                    rows = applied.nonzero().flatten()
                     if len(rows):
                         x[rows] = op(x[rows], factors[rows, op_index])
+                else:  # every row, kept where selected: a GPU never waits for the host to count the rows
+                    x = torch.where(applied.view(-1, 1, 1, 1), op(x, factors[:, op_index]), x)
         gray = params["gray"].view(-1, 1, 1, 1)
         x = torch.where(gray, grayscale(x).expand_as(x), x)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        mean, std = self._normalisation(x.device)
         return x.sub_(mean).div_(std)
+
+    def _normalisation(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """mean and std as (1, C, 1, 1) tensors on ``device``, copied there once (a copy to a GPU waits for its queue)."""
+        if device not in self._constants:
+            self._constants[device] = tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        return self._constants[device]
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         n, _, height, width = images.shape

@@ -16,6 +16,8 @@ from ssl_norms.data.paths import resolve_root
 from ssl_norms.data.resumable import ResumableDataLoader
 from ssl_norms.data.splits import Imbalance
 from ssl_norms.data.transforms import eval_transform
+from ssl_norms.hardware import loader_split
+from ssl_norms.runs import note
 from ssl_norms.threads import one_cpu_thread
 
 
@@ -65,7 +67,8 @@ class SSLDataModule(L.LightningDataModule):
         root: data root; defaults to ``$SSL_NORMS_DATA``, then ``./data``.
         batch_size: training batch per device (the global batch is this x devices x accumulation).
         eval_batch_size: batch for validation and k-NN bank embedding.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None chooses them and the torch threads from the CPU
+            cores (:func:`ssl_norms.hardware.loader_split`, stated in one line).
         max_train_samples / max_val_samples: seeded subsets for quick studies (None = all).
         seed: seed of those subsets.
         imbalance: exponentially imbalanced training set (see :class:`ssl_norms.data.splits.Imbalance`),
@@ -88,7 +91,7 @@ class SSLDataModule(L.LightningDataModule):
         root: str | None = None,
         batch_size: int = 256,
         eval_batch_size: int = 512,
-        num_workers: int = 2,
+        num_workers: int | None = None,
         max_train_samples: int | None = None,
         max_val_samples: int | None = None,
         seed: int = 0,
@@ -96,8 +99,12 @@ class SSLDataModule(L.LightningDataModule):
         extra_eval_sets: list[str] | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
+        if batch_size < 1 or eval_batch_size < 1 or (num_workers is not None and num_workers < 0):
             raise ValueError("batch_size and eval_batch_size must be >= 1 and num_workers >= 0")
+        self.threads = None  # torch intra-op threads set at setup, when the workers were chosen here
+        if num_workers is None:
+            num_workers, self.threads, why = loader_split()
+            note(why)
         self.root = resolve_root(root)
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.max_train_samples, self.max_val_samples, self.seed = max_train_samples, max_val_samples, seed
@@ -122,6 +129,8 @@ class SSLDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         if self.train_set is None:
             self.build()
             self.apply_splits()

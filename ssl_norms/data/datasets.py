@@ -6,9 +6,9 @@ evaluation results can be joined to per-sample metadata and de-duplicated across
 
 Every dataset here works with a plain ``DataLoader`` and its default collate function. The
 training sets augment a whole batch at once in ``__getitems__`` (which the DataLoader calls instead
-of one ``__getitem__`` per sample) and hand the batch back as per-sample items, which the default
-collate stacks again: the copy costs little next to the augmentation and keeps the datasets
-usable by any code that builds its own loader.
+of one ``__getitem__`` per sample) and hand the batch back as per-sample items (``StackedItems``),
+which the default collate stacks again, so any code that builds its own loader can use them; the
+DataModules' loaders pass ``collate_fn`` (``collate_stacked``), which takes the batch as built.
 
 Labelled datasets expose ``targets`` (the label of every item, in item order) and
 ``subset(positions)`` (the same kind of dataset restricted to those items), which the base
@@ -18,12 +18,12 @@ DataModule uses for imbalanced splits and ``max_*_samples`` subsets.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, default_collate, get_worker_info
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2.functional import resized_crop
 
@@ -32,15 +32,29 @@ from ssl_norms.data.image_folder import read_image, resize_image
 from ssl_norms.threads import one_cpu_thread
 
 
-def _unbatch(batch: dict) -> list[dict]:
-    """A batch dict of tensors as per-sample dicts (the default collate stacks them back)."""
-    n = len(batch["label"])
-    if "views" in batch:
-        views = [v.unbind(0) for v in batch["views"]]
-        return [{"views": [v[i] for v in views], "label": batch["label"][i], "index": batch["index"][i]} for i in range(n)]
-    key = "image" if "image" in batch else "images"
-    images = batch[key].unbind(0)
-    return [{key: images[i], "label": batch["label"][i], "index": batch["index"][i]} for i in range(n)]
+class StackedItems(Sequence):
+    """A batch dict built whole, seen as its per-sample items (each made when it is read): a default
+    collate stacks them back, :func:`collate_stacked` hands the batch on without that copy."""
+
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch["label"])
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        batch = self.batch
+        if "views" in batch:
+            return {"views": [v[i] for v in batch["views"]], "label": batch["label"][i], "index": batch["index"][i]}
+        key = "image" if "image" in batch else "images"
+        return {key: batch[key][i], "label": batch["label"][i], "index": batch["index"][i]}
+
+
+def collate_stacked(items):
+    """Collate function of datasets returning :class:`StackedItems`: the batch as built; other items stacked."""
+    return items.batch if isinstance(items, StackedItems) else default_collate(items)
 
 
 class LabelledItems(Dataset):
@@ -202,11 +216,13 @@ class AugmentedViews(LabelledItems):
             views = [self.augment(images, generator) for _ in range(self.num_views)]
         return {"views": views, "label": self.labels[positions], "index": positions}
 
-    def __getitems__(self, items: list[int]) -> list[dict]:
+    collate_fn = staticmethod(collate_stacked)  # the DataModules' loaders skip the restack
+
+    def __getitems__(self, items: list[int]) -> StackedItems:
         if get_worker_info() is not None:
-            return _unbatch(self.batch(items))
+            return StackedItems(self.batch(items))
         with one_cpu_thread():  # in the training process (num_workers=0)
-            return _unbatch(self.batch(items))
+            return StackedItems(self.batch(items))
 
     def __getitem__(self, i: int) -> dict:
         return self.__getitems__([i])[0]

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from ssl_norms.contract import EmbeddedBatch, SSLStep
+from ssl_norms.hardware import channels_last_is_faster, use_channels_last
 from ssl_norms.models import build_backbone
 from ssl_norms.models.backbones import input_size_error
 from ssl_norms.optim import (
@@ -143,6 +144,13 @@ class SSLMethod(L.LightningModule):
         )
         # Functions applied to the loss's input right before the loss (ssl_norms.contract).
         self.loss_space_hooks: list[Callable[..., Tensor]] = []
+        # channels_last convolutions (ssl_norms.hardware): None where the hardware runs them faster
+        self.channels_last: bool | None = None
+
+    def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device.type if self._trainer is not None else "cpu"
+        if self.channels_last if self.channels_last is not None else channels_last_is_faster(self.backbone, device):
+            use_channels_last(self, self.backbone)
 
     # ---- what a method implements -------------------------------------------------------------
     def embed_features(self, features: Tensor) -> Tensor:
