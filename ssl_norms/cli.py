@@ -64,7 +64,7 @@ from ssl_norms.resume import ApplyResumeChanges, _plain, check_parameters, compa
 from ssl_norms.runs import (
     CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, AtomicCheckpointIO, RecordStart, RunStart, acquire_lock,
     create_unique_dir, drop_held_notes, evaluation_target, experiment_name, fit_checkpoint, fit_run_dir, hold_notes,
-    is_first_process, make_dir, missing_dirs, note, remove_empty_dirs, run_data_config, runs_root, timestamp,
+    is_first_process, make_dir, missing_dirs, note, remove_empty_dirs, run_data_config, run_precision, runs_root, timestamp,
 )
 
 CSV_LOGGER = "ssl_norms.loggers.CSVLogger"
@@ -201,10 +201,12 @@ class SSLNormsCLI(LightningCLI):
                 self.cleanup.callback(acquire_lock(run_dir))
                 locked = True
             self.checkpoint = fit_checkpoint(run_dir, ckpt_arg)
+            self._choose_precision(cfg, run_dir if self.checkpoint is not None else None)
         else:
             run, self.checkpoint = evaluation_target(cfg, run_dir_arg, ckpt_arg)  # children resolve the same
             if self.checkpoint is not None:
                 self._use_run_data(cfg, run)
+            self._choose_precision(cfg, run if self.checkpoint is not None else None)
         self.changes = compare_with_checkpoint(self.checkpoint, cfg.model) if self.checkpoint is not None else {}
         if self.changes and fit:
             note(f"resuming with changed settings from global step {self.checkpoint.global_step}: {describe_changes(self.changes)}")
@@ -224,6 +226,21 @@ class SSLNormsCLI(LightningCLI):
         if fit and self.owner and not locked:
             self.cleanup.callback(acquire_lock(out))
         return out
+
+    @staticmethod
+    def _choose_precision(cfg: Namespace, trained_run: Path | None) -> None:
+        """A precision left open in the config: the one a trained run recorded when this command continues
+        or evaluates it (a resume never changes the numerics silently), else the hardware's choice; either
+        is recorded in config.yaml and stated in one line unless it is the hardware's choice for a trained run."""
+        if cfg.trainer.get("precision") is not None:
+            return
+        chosen, why = default_precision(cfg.trainer.get("accelerator"))
+        recorded = run_precision(trained_run) if trained_run is not None else None
+        cfg.trainer.precision = recorded or chosen
+        if recorded is None:
+            note(why)
+        elif recorded != chosen:  # the same as the hardware's choice needs no second note
+            note(f"precision {recorded}, as the run was trained ({trained_run / 'config.yaml'}; --trainer.precision to change it)")
 
     def _use_run_data(self, cfg: Namespace, run: Path) -> None:
         """Evaluate a run's checkpoint on the run's own data (its subsets decide the k-NN bank): the data
@@ -257,9 +274,6 @@ class SSLNormsCLI(LightningCLI):
         self.owner = is_first_process()
         hold_notes()  # shown when the run starts (RecordStart): a refused command prints its error alone
         self.cleanup.callback(drop_held_notes)
-        if cfg.trainer.get("precision") is None:  # left open: the hardware's choice, recorded in config.yaml
-            cfg.trainer.precision, why = default_precision(cfg.trainer.get("accelerator"))
-            note(why)
         out = self._prepare_run(cfg)
         os.environ[RUN_DIR_ENV] = str(out)
         cfg.run_dir = str(out)

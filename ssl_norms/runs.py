@@ -501,15 +501,26 @@ def fit_checkpoint(run_dir: Path | None, ckpt_arg: str | None) -> CheckpointInfo
     return checkpoint
 
 
-def run_data_config(run: Path) -> dict[str, Any] | None:
-    """The ``data`` section (``class_path``, ``init_args``) of the run's ``config.yaml``; None when the
-    folder holds no readable one (a checkpoint outside a run)."""
+def run_config(run: Path) -> dict[str, Any]:
+    """The run's ``config.yaml``; empty when the folder holds no readable one (a checkpoint outside a run)."""
     try:
         config = yaml.safe_load((run / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
-        return None
-    data = config.get("data") if isinstance(config, dict) else None
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def run_data_config(run: Path) -> dict[str, Any] | None:
+    """The ``data`` section (``class_path``, ``init_args``) of the run's ``config.yaml``, if any."""
+    data = run_config(run).get("data")
     return data if isinstance(data, dict) and data.get("class_path") else None
+
+
+def run_precision(run: Path) -> str | None:
+    """The precision the run was trained at, as its ``config.yaml`` records it."""
+    trainer = run_config(run).get("trainer")
+    precision = trainer.get("precision") if isinstance(trainer, dict) else None
+    return None if precision is None else str(precision)
 
 
 def evaluation_target(cfg: Any, run_dir_arg: str | None, ckpt_arg: str | None) -> tuple[Path, CheckpointInfo | None]:

@@ -89,6 +89,12 @@ def test_cli_states_the_precision_it_chose_and_an_explicit_one_wins(monkeypatch,
     import yaml
 
     assert yaml.safe_load(open("auto/config.yaml"))["trainer"]["precision"] == "bf16-mixed"
+    # continuing or evaluating a trained run keeps the precision it was trained at, whatever the hardware
+    main(["fit", *TINY_DEMO, "--trainer.max_epochs", "2", "--run_dir", "explicit", "--ckpt_path", "last"])
+    assert "ssl-norms: precision 32-true, as the run was trained" in capsys.readouterr().err
+    assert yaml.safe_load(open("explicit/config.yaml"))["trainer"]["precision"] == "32-true"
+    main(["validate", *TINY_DEMO, "--run_dir", "explicit"])
+    assert "ssl-norms: precision 32-true, as the run was trained" in capsys.readouterr().err
 
 
 def test_workers_and_threads_from_the_core_count(monkeypatch, capsys):
