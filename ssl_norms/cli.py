@@ -60,7 +60,7 @@ from ssl_norms.data import SSLDataModule
 from ssl_norms.hardware import default_precision
 from ssl_norms.lightning_compat import drop_unset_wandb_anonymous
 from ssl_norms.methods import SSLMethod
-from ssl_norms.resume import ApplyResumeChanges, _plain, check_parameters, compare_with_checkpoint, describe_changes
+from ssl_norms.resume import ApplyResumeChanges, check_parameters, compare_with_checkpoint, describe_changes, plain
 from ssl_norms.runs import (
     CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, AtomicCheckpointIO, RecordStart, RunStart, acquire_lock,
     create_unique_dir, drop_held_notes, evaluation_target, experiment_name, fit_checkpoint, fit_run_dir, hold_notes,
@@ -258,7 +258,7 @@ class SSLNormsCLI(LightningCLI):
         for key, value in (saved.get("init_args") or {}).items():
             if key in self.data_keys or key in LOCAL_DATA_SETTINGS and key in current:
                 continue
-            if key not in current or _plain(current[key]) != value:
+            if key not in current or plain(current[key]) != value:
                 current[key] = value
                 taken.append(f"{key}={value}")
         cfg.data.init_args = current

@@ -28,14 +28,14 @@ APPLIED_ON_RESUME = ("lr", "weight_decay", "momentum", "nesterov", "warmup_epoch
 _BOOKKEEPING = ("_class_path", "_instantiator")  # what LightningCLI adds to saved hyperparameters
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Config values as plain dicts and lists (jsonargparse Namespaces, tuples), so equal settings compare equal."""
     if hasattr(value, "as_dict"):
         value = value.as_dict()
     if isinstance(value, dict):
-        return {key: _plain(v) for key, v in value.items()}
+        return {key: plain(v) for key, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -43,8 +43,8 @@ def compare_with_checkpoint(checkpoint: CheckpointInfo, model_config: Any) -> di
     """The ``APPLIED_ON_RESUME`` settings that differ (``{key: {"from": old, "to": new}}``); raises
     :class:`RunError` naming every other difference. Settings the checkpoint does not record (written
     by an older version) are not compared; :func:`check_parameters` still checks the shapes."""
-    saved = {key: _plain(value) for key, value in checkpoint.hparams.items() if key not in _BOOKKEEPING}
-    configured = _plain(model_config.get("init_args") or {})
+    saved = {key: plain(value) for key, value in checkpoint.hparams.items() if key not in _BOOKKEEPING}
+    configured = plain(model_config.get("init_args") or {})
     saved_class = checkpoint.hparams.get("_class_path")
     if saved_class and saved_class != model_config.class_path:
         differences = [f"method {saved_class.rsplit('.', 1)[-1]} -> {model_config.class_path.rsplit('.', 1)[-1]}"]
