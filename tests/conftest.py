@@ -81,6 +81,19 @@ TINY_RESNET = [
 ]
 
 
+def as_launched_rank(rank: int, port: int, world_size: int = 2) -> None:
+    """What srun/torchrun do for one process of a ``world_size`` job: its rank and the gloo rendezvous
+    (127.0.0.1:port) in the environment; one thread and a short group timeout, so a hang fails fast."""
+    import datetime
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world_size),
+                       "NODE_RANK": "0", "LOCAL_RANK": str(rank), "RANK": str(rank)})
+    torch.set_num_threads(1)
+    import lightning.fabric.utilities.distributed as fabric_distributed
+
+    fabric_distributed.default_pg_timeout = datetime.timedelta(seconds=60)
+
+
 def spawn_ranks(worker, *args, world_size: int = 2, timeout_s: float = 180) -> None:
     """Run ``worker(rank, port, *args)`` in ``world_size`` spawned processes (the gloo rendezvous is
     127.0.0.1:port) and wait; fails the test when a worker raises or the group hangs past the timeout."""

@@ -16,7 +16,6 @@ apart during training.
 
 from __future__ import annotations
 
-import datetime
 import os
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from conftest import REPO, TINY_DEMO, metric_values, spawn_ranks
+from conftest import REPO, TINY_DEMO, as_launched_rank, metric_values, spawn_ranks
 from ssl_norms.callbacks import EmbeddingNormMonitor, OnlineKNN
 from ssl_norms.data import SyntheticLatentClasses
 from ssl_norms.eval import knn_predict
@@ -125,13 +124,7 @@ def _run_scenario(scenario: str, out_dir: Path, rank: int) -> None:
 
 
 def _worker(rank: int, port: int, out_dir: str, scenarios: list[str]) -> None:
-    # what srun/torchrun do: one process per rank, told its rank and the rendezvous by the environment
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(WORLD_SIZE),
-                       "NODE_RANK": "0", "LOCAL_RANK": str(rank), "RANK": str(rank)})
-    torch.set_num_threads(1)
-    import lightning.fabric.utilities.distributed as fabric_distributed
-
-    fabric_distributed.default_pg_timeout = datetime.timedelta(seconds=60)
+    as_launched_rank(rank, port, WORLD_SIZE)
     for scenario in scenarios:
         _run_scenario(scenario, Path(out_dir), rank)
 

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import TINY_DEMO, spawn_ranks
+from conftest import TINY_DEMO, as_launched_rank, spawn_ranks
 from ssl_norms.analysis.loading import load_datamodule, load_model, read_run_config
 from ssl_norms.callbacks.prediction_writer import EmbeddingWriter
 from ssl_norms.cli import main
@@ -69,12 +67,7 @@ def test_predict_writes_every_sample_once_and_prints_the_path(finished, extra, s
 
 
 def _ddp_predict(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "NODE_RANK": "0",
-                       "LOCAL_RANK": str(rank), "RANK": str(rank)})
-    torch.set_num_threads(1)
-    import lightning.fabric.utilities.distributed as fabric_distributed
-
-    fabric_distributed.default_pg_timeout = datetime.timedelta(seconds=60)
+    as_launched_rank(rank, port)
     L.seed_everything(0, verbose=False)
     model = SimCLR(backbone="mlp", input_dim=64, mlp_hidden_dims=[32], projector_dims=[16], warmup_epochs=0)
     trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, logger=False, enable_progress_bar=False,

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import datetime
-import os
 import warnings
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from conftest import spawn_ranks
+from conftest import as_launched_rank, spawn_ranks
 from ssl_norms.callbacks import OnlineLinearProbe
 from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
 from ssl_norms.data import SyntheticLatentClasses
@@ -210,12 +208,7 @@ class FirstStep(Callback):
 
 
 def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "NODE_RANK": "0",
-                       "LOCAL_RANK": str(rank), "RANK": str(rank)})
-    torch.set_num_threads(1)
-    import lightning.fabric.utilities.distributed as fabric_distributed
-
-    fabric_distributed.default_pg_timeout = datetime.timedelta(seconds=60)
+    as_launched_rank(rank, port)
     L.seed_everything(0, verbose=False)
     probe = OnlineLinearProbe(optimizer="sgd", lr=0.1)  # Adam's first step is lr * sign(grad): too blunt a check
     first = FirstStep(probe)
