@@ -193,3 +193,30 @@ def test_wandb_logger_runs_offline(tmp_path, monkeypatch):
     assert offline_runs, "an offline run directory is written"
     run_id = (run_dir / "wandb_run_id").read_text().strip()
     assert run_id in offline_runs[0].name
+
+
+def test_progress_lines_leave_validation_time_out_of_speed_and_eta(monkeypatch, capsys):
+    import types
+
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from ssl_norms.callbacks import ProgressLines, progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    class Clock(L.Callback):  # one second per training batch, a long validation
+        def on_train_batch_start(self, *args) -> None:
+            clock[0] += 1.0
+
+        def on_validation_epoch_end(self, *args) -> None:
+            clock[0] += 1000.0
+
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=2, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, callbacks=[Clock(), ProgressLines(every_n_batches=2)])
+    trainer.fit(BoringModel())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.split("  ")[1] for line in lines] == ["batch 2/8", "batch 4/8", "batch 6/8", "batch 8/8"]
+    assert all("  1.00 it/s  " in line for line in lines), lines
+    assert [line.rsplit("ETA ", 1)[1] for line in lines] == ["0:00:06", "0:00:04", "0:00:02", "0:00:00"]

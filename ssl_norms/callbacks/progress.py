@@ -21,7 +21,9 @@ class ProgressLines(ProgressBar):
     whichever comes first, and at the end of every epoch: epoch, batch / total batches of the fit
     (batches, not optimizer steps: they differ with gradient accumulation),
     it/s since the last line, the progress-bar metrics (``train/loss``, ``norm/mean``, k-NN ...),
-    the lr of the first parameter group and the ETA of the remaining training batches.
+    the lr of the first parameter group and the ETA of the remaining training batches at this
+    process's average training speed. Validation time is left out of both rates, so the line after
+    a validation neither shows a collapsed it/s nor an ETA of hours.
     ``ssl-norms fit`` uses it instead of the progress bar when stdout is not a terminal.
 
     Args:
@@ -35,8 +37,9 @@ class ProgressLines(ProgressBar):
             raise ValueError(f"ProgressLines: every_n_batches must be >= 1 and every_seconds > 0, got {every_n_batches} and {every_seconds}")
         self.every_n_batches, self.every_seconds = every_n_batches, every_seconds
         self._enabled = True
-        self._last_time = 0.0
-        self._batches_since = 0
+        self._last_time = self._start = 0.0
+        self._batches_since = self._batches_run = 0
+        self._paused_at: float | None = None
 
     def disable(self) -> None:
         self._enabled = False
@@ -45,17 +48,31 @@ class ProgressLines(ProgressBar):
         self._enabled = True
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._last_time, self._batches_since = time.monotonic(), 0
+        self._last_time = self._start = time.monotonic()
+        self._batches_since = self._batches_run = 0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._paused_at = time.monotonic()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._paused_at is not None:  # the training clocks skip the validation
+            pause = time.monotonic() - self._paused_at
+            self._last_time += pause
+            self._start += pause
+            self._paused_at = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._batches_since += 1
-        elapsed = time.monotonic() - self._last_time
+        self._batches_run += 1
+        now = time.monotonic()
+        elapsed = now - self._last_time
         epoch_end = batch_idx + 1 >= self.total_train_batches
         if self._enabled and (epoch_end or self._batches_since >= self.every_n_batches or elapsed >= self.every_seconds):
-            print(self.line(trainer, pl_module, batch_idx, self._batches_since / max(elapsed, 1e-9)), flush=True)
+            average = self._batches_run / max(now - self._start, 1e-9)
+            print(self.line(trainer, pl_module, batch_idx, self._batches_since / max(elapsed, 1e-9), average), flush=True)
             self._last_time, self._batches_since = time.monotonic(), 0
 
-    def line(self, trainer, pl_module, batch_idx: int, rate: float) -> str:
+    def line(self, trainer, pl_module, batch_idx: int, rate: float, average_rate: float | None = None) -> str:
         per_epoch = self.total_train_batches  # inf for a dataset of unknown length
         done = (trainer.current_epoch * per_epoch if math.isfinite(per_epoch) else 0) + batch_idx + 1
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
@@ -67,7 +84,7 @@ class ProgressLines(ProgressBar):
         if trainer.optimizers:
             parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.4g}")
         if total is not None:
-            parts.append(f"ETA {timedelta(seconds=round((total - done) / max(rate, 1e-9)))}")
+            parts.append(f"ETA {timedelta(seconds=round((total - done) / max(average_rate or rate, 1e-9)))}")
         return "  ".join(parts)
 
 
