@@ -244,6 +244,35 @@ def knn_predict_leave_one_out(
     return torch.cat(predictions)
 
 
+def rankme(embeddings: Tensor, eps: float = 1e-7) -> Tensor:
+    """Effective rank (a 0-d tensor, like the two metrics below) of (N, D) ``embeddings`` (RankMe, Garrido et al. 2023): exp of the entropy of
+    p_k = sigma_k / ||sigma||_1 + eps over the singular values sigma, with the paper's eps."""
+    sigma = torch.linalg.svdvals(embeddings.float())
+    p = sigma / sigma.sum() + eps
+    return torch.exp(-(p * p.log()).sum())
+
+
+def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
+    """Alignment (Wang & Isola 2020): E ||x - y||^alpha over the positive pairs (row i of ``z1`` and
+    of ``z2``), on L2-normalised embeddings; lower is better aligned."""
+    return (F.normalize(z1.float(), dim=1) - F.normalize(z2.float(), dim=1)).norm(dim=1).pow(alpha).mean()
+
+
+def uniformity(z: Tensor, t: float = 2.0, chunk_size: int = 1024) -> Tensor:
+    """Uniformity (Wang & Isola 2020): log E exp(-t ||x - y||^2) over all pairs of distinct rows of
+    L2-normalised ``z``; lower is more uniform. Memory O(chunk_size x N)."""
+    z = F.normalize(z.float(), dim=1)
+    if len(z) < 2:
+        raise ValueError("uniformity needs at least 2 embeddings")
+    terms = []
+    for start in range(0, len(z), chunk_size):
+        sq_dist = (2 - 2 * z[start : start + chunk_size] @ z.T).clamp_min(0)  # ||x - y||^2 of unit vectors
+        rows = torch.arange(len(sq_dist), device=z.device)
+        sq_dist[rows, start + rows] = torch.inf  # a row with itself is no pair
+        terms.append(torch.logsumexp(-t * sq_dist.flatten(), dim=0))
+    return torch.logsumexp(torch.stack(terms), dim=0) - math.log(len(z) * (len(z) - 1))
+
+
 def topk_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
     """``top1`` and ``top5`` (top-min(5, num_classes)) accuracy of ``logits`` (N, C), fractions in [0, 1]."""
     labels = labels.to(logits.device).long()

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_norms.callbacks import EmbeddingNormMonitor, NonFiniteGuard, NonFiniteLossError, OnlineKNN
+from ssl_norms.callbacks import EmbeddingNormMonitor, NonFiniteGuard, NonFiniteLossError, OnlineKNN, RepresentationMetrics
 from ssl_norms.data import SyntheticLatentClasses
-from ssl_norms.eval import knn_predict, knn_scores
+from ssl_norms.eval import knn_predict, knn_scores, rankme, uniformity
 from ssl_norms.methods import SimCLR
 
 
@@ -79,6 +79,22 @@ def test_online_knn_logs_top5_and_both_spaces_equal_to_offline_knn():
     assert trainer.callback_metrics["knn/top5"] >= trainer.callback_metrics["knn/top1"]
     with pytest.raises(ValueError, match="distinct"):
         OnlineKNN(space=["features", "features"])
+
+
+def test_representation_metrics_read_the_validation_outputs_and_training_pairs():
+    data = SyntheticLatentClasses(num_classes=4, train_samples=256, val_samples=96, batch_size=64)
+    model = _tiny_model()
+    trainer = _tiny_trainer([RepresentationMetrics()], max_epochs=1)
+    trainer.fit(model, data)
+    model.eval()
+    with torch.no_grad():
+        features, embeddings = model.embed(data.val_set.inputs)
+    metrics = trainer.callback_metrics
+    assert metrics["repr/rankme_features"].item() == pytest.approx(rankme(features).item(), rel=1e-4)
+    assert metrics["repr/rankme_embeddings"].item() == pytest.approx(rankme(embeddings).item(), rel=1e-4)
+    assert metrics["repr/uniformity"].item() == pytest.approx(uniformity(embeddings).item(), abs=1e-4)
+    assert 0 < metrics["repr/alignment"].item() < 4  # squared distance of unit vectors
+    assert 1 <= metrics["repr/rankme_embeddings"].item() <= embeddings.shape[1]
 
 
 def test_online_knn_warns_once_when_a_single_class_makes_it_trivial():

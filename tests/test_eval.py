@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_norms.eval import SEARCH_LISTED, _certified_scores, _LowPrecisionBank, _vote, knn_predict, knn_predict_leave_one_out, knn_scores, single_class_note, topk_accuracy
+from ssl_norms.eval import SEARCH_LISTED, alignment, rankme, uniformity, _certified_scores, _LowPrecisionBank, _vote, knn_predict, knn_predict_leave_one_out, knn_scores, single_class_note, topk_accuracy
 
 
 def brute_force_knn(train, train_labels, test, num_classes, k, temperature):
@@ -124,3 +124,25 @@ def test_single_class_labels_are_named_as_making_the_k_nn_accuracy_meaningless()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         knn_predict_leave_one_out(feats, two, 2, k=3)
+
+
+def test_rankme_of_known_singular_values():
+    # singular values 4, 3, 1 (and a zero one): p = (0.5, 0.375, 0.125, 0) + eps
+    z = torch.zeros(6, 4)
+    z[0, 0], z[1, 1], z[2, 2] = 4.0, 3.0, 1.0
+    p = [0.5 + 1e-7, 0.375 + 1e-7, 0.125 + 1e-7, 1e-7]
+    assert rankme(z).item() == pytest.approx(math.exp(-sum(x * math.log(x) for x in p)), rel=1e-5)
+    assert rankme(torch.eye(5)).item() == pytest.approx(5.0, rel=1e-5)  # full rank: every direction counts
+
+
+def test_alignment_and_uniformity_by_hand():
+    z1 = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    z2 = torch.tensor([[1.0, 1.0], [0.0, 3.0]])  # normalised: 45 degrees apart, then identical
+    assert alignment(z1, z2).item() == pytest.approx((2 - 2 * math.cos(math.pi / 4)) / 2)
+    assert alignment(z1, z2, alpha=1).item() == pytest.approx(math.sqrt(2 - math.sqrt(2)) / 2)
+    # three unit vectors 120 degrees apart: every pair at squared distance 3
+    z = torch.tensor([[1.0, 0.0], [-0.5, math.sqrt(3) / 2], [-0.5, -math.sqrt(3) / 2]]) * 5
+    assert uniformity(z).item() == pytest.approx(-2 * 3, abs=1e-5)
+    # pairs at squared distances 2, 2 and 4 (two orthogonal vectors and one opposite the first)
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    assert uniformity(w, chunk_size=2).item() == pytest.approx(math.log((2 * math.exp(-4) + math.exp(-8)) / 3), abs=1e-5)

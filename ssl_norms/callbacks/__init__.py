@@ -4,6 +4,7 @@ from ssl_norms.callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from ssl_norms.callbacks.knn import OnlineKNN
 from ssl_norms.callbacks.linear_probe import OnlineLinearProbe
 from ssl_norms.callbacks.norm_monitor import EmbeddingNormMonitor
+from ssl_norms.callbacks.representation import RepresentationMetrics
 from ssl_norms.callbacks.summary import RunSummary
 
-__all__ = ["CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "RunSummary"]
+__all__ = ["CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "RepresentationMetrics", "RunSummary"]
