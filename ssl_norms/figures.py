@@ -134,10 +134,10 @@ def training_curves(source: str | Path | list[dict[str, float]]) -> dict[str, li
     }
 
 
-def _plot_curve(ax: Any, points: list[tuple[float, float]], scale: float = 1.0, **kwargs: Any) -> None:
+def _plot_curve(ax: Any, points: list[tuple[float, float]], **kwargs: Any) -> None:
     """``points`` as a line, with markers when few (a one-epoch run's single point stays visible)."""
     steps, values = zip(*points)
-    ax.plot(steps, [scale * v for v in values], marker="o" if len(points) <= 30 else None, **kwargs)
+    ax.plot(steps, values, marker="o" if len(points) <= 30 else None, **kwargs)
 
 
 def plot_training_curves(
@@ -157,8 +157,8 @@ def plot_training_curves(
         ax_norm.legend()
     ax_norm.set(title="loss-space embedding norm", ylabel="||z||")
     if curves["knn"]:
-        _plot_curve(ax_knn, curves["knn"], scale=100)
-    ax_knn.set(title="online k-NN accuracy", ylabel="top-1 (%)")
+        _plot_curve(ax_knn, curves["knn"])
+    ax_knn.set(title="online k-NN accuracy", ylabel="top-1 (fraction)")  # the unit of knn/top1 everywhere
     if curves["loss"]:
         _plot_curve(ax_loss, curves["loss"])
     ax_loss.set(title="training loss", ylabel="loss")
