@@ -70,8 +70,9 @@ class _LowPrecisionBank:
 
     def __init__(self, bank: Tensor, dtype: torch.dtype) -> None:
         self.dtype, self.low = dtype, bank.to(dtype)
-        self.residual = (bank - self.low.float()).norm(dim=1).max()  # max_j ||b_j - low(b_j)||
-        self.low_norm = self.low.float().norm(dim=1).max()
+        low = self.low.float()
+        self.residual = (bank - low).norm(dim=1).max()  # max_j ||b_j - low(b_j)||
+        self.low_norm = low.norm(dim=1).max()
         self.rounded_output = bank.device.type != "cuda"  # CPU matmuls return dtype, CUDA is asked for fp32
         width = bank.shape[1]
         # fp32 accumulation over `width` terms, in the search and in the fp32 reference it must match
