@@ -60,7 +60,9 @@ def search_dtype(device: torch.device | str) -> torch.dtype:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+    # torch's own probes of the instruction sets (private: absent in another version means no)
+    probes = (getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    if device.type == "cpu" and any(probe() for probe in probes):
         return torch.bfloat16
     return torch.float32
 
