@@ -47,13 +47,16 @@ def sklearn_predict(bank, bank_labels, queries, k):
     return torch.from_numpy(model.fit(bank.numpy(), bank_labels.numpy()).predict(queries.numpy()))
 
 
-def timed(fn, rounds: int):
-    times, result = [], None
+def interleaved(fns: dict, rounds: int) -> tuple[dict[str, float], dict]:
+    """Median time and last result of each function, the functions taking turns round by round so
+    that machine noise hits them alike."""
+    times, results = {name: [] for name in fns}, {}
     for _ in range(rounds):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, results
 
 
 def main() -> None:
@@ -66,18 +69,22 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=1, help="median of this many timings")
+    parser.add_argument("--rounds", type=int, default=3, help="median of this many interleaved timings (sklearn: one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bank, bank_labels, queries, labels = make_data(args)
     c = args.classes
     print(f"{args.bank} bank x {args.queries} queries, d={args.dim}, k={args.k}, {args.threads} threads, "
-          f"search {search_dtype('cpu')}, median of {args.rounds}")
+          f"search {search_dtype('cpu')}, median of {args.rounds} interleaved rounds")
 
-    t_fp32, fp32 = timed(lambda: knn_predict(bank, bank_labels, queries, c, args.k, args.temperature, search=torch.float32), args.rounds)
-    t_new, new = timed(lambda: knn_predict(bank, bank_labels, queries, c, args.k, args.temperature), args.rounds)
-    t_floor, _ = timed(lambda: floor(bank, queries, args.k), args.rounds)
-    t_sk, sk = timed(lambda: sklearn_predict(bank, bank_labels, queries, args.k), args.rounds)
+    times, results = interleaved({
+        "fp32": lambda: knn_predict(bank, bank_labels, queries, c, args.k, args.temperature, search=torch.float32),
+        "new": lambda: knn_predict(bank, bank_labels, queries, c, args.k, args.temperature),
+        "floor": lambda: floor(bank, queries, args.k),
+    }, args.rounds)
+    (t_fp32, t_new, t_floor), fp32, new = times.values(), results["fp32"], results["new"]
+    t_sk, sk = interleaved({"sklearn": lambda: sklearn_predict(bank, bank_labels, queries, args.k)}, 1)
+    t_sk, sk = t_sk["sklearn"], sk["sklearn"]
     print(f"fp32 knn_predict   {t_fp32:7.2f} s   top-1 {(fp32 == labels).float().mean():.4f}")
     print(f"knn_predict        {t_new:7.2f} s   identical to fp32: {bool((new == fp32).all())}")
     print(f"bf16 matmul+topk   {t_floor:7.2f} s   (floor)")

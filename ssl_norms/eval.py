@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from ssl_norms.threads import one_cpu_thread
+
 
 def _check_vote(k: int, temperature: float) -> None:
     if k < 1 or temperature <= 0:
@@ -184,7 +186,8 @@ def knn_scores(
             scores.append(_vote_scores(chunk @ bank.T, labels, num_classes, k, temperature))
             continue
         top, idx, bound = low_bank.search(chunk, min(SEARCH_LISTED * k, len(bank)))
-        chunk_scores, certified = _certified_scores(top, idx, bound, labels, num_classes, k, temperature, exact_top)
+        with one_cpu_thread():  # a few dozen small kernels: intra-op threads only add synchronisation
+            chunk_scores, certified = _certified_scores(top, idx, bound, labels, num_classes, k, temperature, exact_top)
         redo = (~certified).nonzero().squeeze(1)
         if len(redo):
             chunk_scores[redo] = _vote_scores(chunk[redo] @ bank.T, labels, num_classes, k, temperature)
