@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from ssl_norms.threads import one_cpu_thread
+
 
 def _check_vote(k: int, temperature: float) -> None:
     if k < 1 or temperature <= 0:
@@ -34,17 +36,115 @@ def single_class_note(bank_labels: Tensor, labels: Tensor) -> str | None:
     return None
 
 
-def _vote(sim: Tensor, bank_labels: Tensor, num_classes: int, k: int, temperature: float) -> Tensor:
-    """The label each row of ``sim`` (similarities to the bank) gets from its ``k`` most similar bank
-    points, whose votes are weighted by exp(sim / temperature)."""
+def _vote_scores(sim: Tensor, bank_labels: Tensor, num_classes: int, k: int, temperature: float) -> Tensor:
+    """Class scores (N, C) of each row of ``sim`` (similarities to the bank): the votes of its ``k``
+    most similar bank points, weighted by exp(sim / temperature)."""
     top, idx = sim.topk(k, dim=1)
     votes = torch.zeros(len(sim), num_classes, device=sim.device, dtype=top.dtype)
-    votes.scatter_add_(1, bank_labels[idx], (top / temperature).exp())
-    return votes.argmax(dim=1)
+    return votes.scatter_add_(1, bank_labels[idx], (top / temperature).exp())
+
+
+def _vote(sim: Tensor, bank_labels: Tensor, num_classes: int, k: int, temperature: float) -> Tensor:
+    """The label each row of ``sim`` gets from :func:`_vote_scores`."""
+    return _vote_scores(sim, bank_labels, num_classes, k, temperature).argmax(dim=1)
+
+
+#: unit roundoff of the formats the similarity search may use
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
+#: the search keeps this many times k low-precision similarities per query to see past the top-k
+#: boundary: dense neighbourhoods put many points within the rounding bound of the k-th
+SEARCH_LISTED = 2
+
+
+def search_dtype(device: torch.device | str) -> torch.dtype:
+    """The fastest exact-able format of the similarity search on ``device``: fp16 (fp32 accumulation
+    and output) on CUDA, bf16 on CPUs with bf16 instructions (AVX512-BF16, AMX), else fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.float16
+    # torch's own probes of the instruction sets (private: absent in another version means no)
+    probes = (getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    if device.type == "cpu" and any(probe() for probe in probes):
+        return torch.bfloat16
+    return torch.float32
+
+
+class _LowPrecisionBank:
+    """The normalised bank rounded to ``dtype`` and what bounds the error of its similarities."""
+
+    def __init__(self, bank: Tensor, dtype: torch.dtype) -> None:
+        self.dtype, self.low = dtype, bank.to(dtype)
+        low = self.low.float()
+        self.residual = (bank - low).norm(dim=1).max()  # max_j ||b_j - low(b_j)||
+        self.low_norm = low.norm(dim=1).max()
+        self.rounded_output = bank.device.type != "cuda"  # CPU matmuls return dtype, CUDA is asked for fp32
+        width = bank.shape[1]
+        # fp32 accumulation over `width` terms, in the search and in the fp32 reference it must match
+        self.accumulation = 2 * width * UNIT_ROUNDOFF[torch.float32] / (1 - width * UNIT_ROUNDOFF[torch.float32])
+
+    def search(self, queries: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``n`` largest low-precision similarities (as fp32) of normalised fp32 ``queries`` to
+        the bank, their bank indices and, per query, a bound (N, 1) on the distance of any of the
+        query's similarities from its exact one (for unlisted points: from below the last listed)."""
+        low = queries.to(self.dtype)
+        sim = torch.mm(low, self.low.T, out_dtype=torch.float32) if queries.is_cuda else low @ self.low.T
+        top, idx = sim.topk(n, dim=1)
+        top = top.float()
+        residual = (queries - low.float()).norm(dim=1, keepdim=True)
+        low_norm = low.float().norm(dim=1, keepdim=True)
+        # q.b - low(q).low(b) = dq.low(b) + low(q).db + dq.db (Cauchy-Schwarz on each term)
+        bound = residual * self.low_norm + low_norm * self.residual + residual * self.residual
+        bound = bound + self.accumulation * (low_norm * self.low_norm + 1)
+        if self.rounded_output:  # x + u|x| grows with x: the ends of the listed values bound every rounding
+            bound = bound + UNIT_ROUNDOFF[self.dtype] * torch.maximum(top[:, :1].abs(), top[:, -1:].abs())
+        return top, idx, bound * (1 + 1e-3) + 1e-6  # slack for the fp32 norms above
+
+
+def _certified_scores(
+    top: Tensor, idx: Tensor, bound: Tensor, bank_labels: Tensor, num_classes: int, k: int, temperature: float,
+    exact_top: tuple[int, ...],
+) -> tuple[Tensor, Tensor]:
+    """Scores of low-precision similarities and which rows provably rank classes as the exact vote does.
+
+    ``top`` and ``idx`` are the largest low-precision similarities of each row (SEARCH_LISTED * k
+    unless the bank is smaller), their bank indices and ``bound`` their error. Bank point j is among
+    the exact k nearest when sim_j - bound > (k+1)-th sim + bound. The free places left are taken
+    by exact neighbours whose sim >= k-th sim - 2 bound: listed points of known class, or unlisted
+    points of unknown class, each of sim <= the last listed sim. Each class's exact vote then lies
+    in [low, high]: low weights its sure neighbours at sim - bound; high adds at sim + bound at most
+    as many listed boundary points of the class, or unlisted points, as there are free places.
+    A row is certified when, for every K in ``exact_top`` (< num_classes), the K best classes of
+    the scores all have a low above every other class's high.
+    """
+    labels = bank_labels[idx]
+    device = top.device
+    kth = top[:, k - 1 : k]
+    after = top[:, k : k + 1] if top.shape[1] > k else torch.full_like(bound, -torch.inf)
+    in_top = torch.arange(top.shape[1], device=device) < k
+    sure = in_top & (top - bound > after + bound)
+    boundary = ~sure & (top >= kth - 2 * bound)
+    free = (k - sure.sum(dim=1, keepdim=True)).float()
+    unlisted = top[:, -1:] >= kth - 2 * bound if top.shape[1] < len(bank_labels) else torch.zeros_like(bound, dtype=torch.bool)
+    unlisted_weight = torch.where(unlisted, ((top[:, -1:] + bound) / temperature).exp(), 0)
+    zeros = torch.zeros(len(top), num_classes, device=device)
+    low = zeros.scatter_add(1, labels, torch.where(sure, ((top - bound) / temperature).exp(), 0))
+    sure_high = zeros.scatter_add(1, labels, torch.where(sure, ((top + bound) / temperature).exp(), 0))
+    boundary_weight = torch.where(boundary, ((top + bound) / temperature).exp(), 0)
+    boundary_sum = zeros.scatter_add(1, labels, boundary_weight) + free * unlisted_weight
+    boundary_max = torch.maximum(zeros.scatter_reduce(1, labels, boundary_weight, "amax"), unlisted_weight)
+    high = sure_high + torch.minimum(boundary_sum, free * boundary_max)
+    scores = zeros.scatter_add(1, labels, torch.where(in_top, (top / temperature).exp(), 0))
+    order = scores.argsort(dim=1, descending=True)
+    low, high = low.gather(1, order), high.gather(1, order)
+    certified = torch.ones(len(top), dtype=torch.bool, device=device)
+    slack = 1 + 4 * k * UNIT_ROUNDOFF[torch.float32]  # the rounding of k-term fp32 vote sums must not reorder classes
+    for top_k in (t for t in exact_top if t < num_classes):
+        certified &= low[:, :top_k].amin(dim=1) > high[:, top_k:].amax(dim=1) * slack
+    return scores, certified
 
 
 @torch.no_grad()
-def knn_predict(
+def knn_scores(
     train_feats: Tensor,
     train_labels: Tensor,
     test_feats: Tensor,
@@ -52,11 +152,20 @@ def knn_predict(
     k: int = 200,
     temperature: float = 0.1,
     chunk_size: int = 1024,
+    search: torch.dtype | None = None,
+    exact_top: tuple[int, ...] = (1, 5),
 ) -> Tensor:
-    """Predicted labels of ``test_feats`` from the ``k`` most cosine-similar training points.
+    """Class scores (N, num_classes) of ``test_feats``: votes of the ``k`` most cosine-similar training
+    points, weighted by exp(sim / temperature), whose best ``K`` classes for every K in ``exact_top``
+    are those of the fp32 vote (top-1 and top-5 accuracy are exact).
 
-    Features are L2-normalised; votes are weighted by exp(sim / temperature). Test points are
-    processed in chunks so memory is O(chunk_size x n_train), which keeps 50k x 10k on a CPU.
+    The similarities are searched in ``search`` precision (default :func:`search_dtype`, fp32: the
+    fp32 vote itself). With bf16/fp16 a query keeps its low-precision scores when a rigorous bound
+    on the rounding error proves its class ranking (:func:`_certified_scores`) and is recomputed in
+    fp32 otherwise, so the ranking never differs from fp32 (up to exact ties, which the fp32 vote
+    itself breaks by kernel order). After a chunk of test points in which most votes were too close
+    for the bound, the rest are voted in fp32 directly. Test points are processed in chunks so
+    memory is O(chunk_size x n_train), which keeps 50k x 10k on a CPU.
     """
     if train_feats.ndim != 2 or test_feats.ndim != 2 or train_feats.shape[1] != test_feats.shape[1]:
         raise ValueError(
@@ -68,11 +177,44 @@ def knn_predict(
     k = min(k, len(train_feats))
     bank = F.normalize(train_feats.float(), dim=1)
     labels = train_labels.to(bank.device).long()
-    predictions = [
-        _vote(chunk.to(bank.device) @ bank.T, labels, num_classes, k, temperature)
-        for chunk in F.normalize(test_feats.float(), dim=1).split(chunk_size)
-    ]
-    return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
+    search = search or search_dtype(bank.device)
+    low_bank = _LowPrecisionBank(bank, search) if search != torch.float32 else None
+    scores = []
+    for chunk in F.normalize(test_feats.float(), dim=1).split(chunk_size):
+        chunk = chunk.to(bank.device)
+        if low_bank is None:
+            scores.append(_vote_scores(chunk @ bank.T, labels, num_classes, k, temperature))
+            continue
+        top, idx, bound = low_bank.search(chunk, min(SEARCH_LISTED * k, len(bank)))
+        with one_cpu_thread():  # a few dozen small kernels: intra-op threads only add synchronisation
+            chunk_scores, certified = _certified_scores(top, idx, bound, labels, num_classes, k, temperature, exact_top)
+        redo = (~certified).nonzero().squeeze(1)
+        if len(redo):
+            chunk_scores[redo] = _vote_scores(chunk[redo] @ bank.T, labels, num_classes, k, temperature)
+        scores.append(chunk_scores)
+        if len(redo) > len(chunk) / 2:
+            low_bank = None  # votes too close for the rounding bound: the search costs more than it saves
+    return torch.cat(scores) if scores else torch.empty(0, num_classes)
+
+
+@torch.no_grad()
+def knn_predict(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+    search: torch.dtype | None = None,
+) -> Tensor:
+    """Predicted labels of ``test_feats`` from the ``k`` most cosine-similar training points.
+
+    Features are L2-normalised; votes are weighted by exp(sim / temperature). The labels are those
+    of the fp32 vote whatever ``search`` precision finds the neighbours (:func:`knn_scores`).
+    """
+    return knn_scores(train_feats, train_labels, test_feats, num_classes, k, temperature, chunk_size, search,
+                      exact_top=(1,)).argmax(dim=1)
 
 
 @torch.no_grad()
@@ -106,6 +248,35 @@ def knn_predict_leave_one_out(
             sim[rows, start + rows] = -torch.inf  # a point is never its own neighbour
         predictions.append(_vote(sim, labels, num_classes, k, temperature))
     return torch.cat(predictions)
+
+
+def rankme(embeddings: Tensor, eps: float = 1e-7) -> Tensor:
+    """Effective rank (a 0-d tensor, like the two metrics below) of (N, D) ``embeddings`` (RankMe, Garrido et al. 2023): exp of the entropy of
+    p_k = sigma_k / ||sigma||_1 + eps over the singular values sigma, with the paper's eps."""
+    sigma = torch.linalg.svdvals(embeddings.float())
+    p = sigma / sigma.sum() + eps
+    return torch.exp(-(p * p.log()).sum())
+
+
+def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
+    """Alignment (Wang & Isola 2020): E ||x - y||^alpha over the positive pairs (row i of ``z1`` and
+    of ``z2``), on L2-normalised embeddings; lower is better aligned."""
+    return (F.normalize(z1.float(), dim=1) - F.normalize(z2.float(), dim=1)).norm(dim=1).pow(alpha).mean()
+
+
+def uniformity(z: Tensor, t: float = 2.0, chunk_size: int = 1024) -> Tensor:
+    """Uniformity (Wang & Isola 2020): log E exp(-t ||x - y||^2) over all pairs of distinct rows of
+    L2-normalised ``z``; lower is more uniform. Memory O(chunk_size x N)."""
+    z = F.normalize(z.float(), dim=1)
+    if len(z) < 2:
+        raise ValueError("uniformity needs at least 2 embeddings")
+    terms = []
+    for start in range(0, len(z), chunk_size):
+        sq_dist = (2 - 2 * z[start : start + chunk_size] @ z.T).clamp_min(0)  # ||x - y||^2 of unit vectors
+        rows = torch.arange(len(sq_dist), device=z.device)
+        sq_dist[rows, start + rows] = torch.inf  # a row with itself is no pair
+        terms.append(torch.logsumexp(-t * sq_dist.flatten(), dim=0))
+    return torch.logsumexp(torch.stack(terms), dim=0) - math.log(len(z) * (len(z) - 1))
 
 
 def topk_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:

@@ -161,10 +161,10 @@ def class_norm_curves(source: str | Path | list[dict[str, float]]) -> tuple[str 
     return first, {int(m["c"]): values for m, values in sorted(matches, key=lambda mv: int(mv[0]["c"])) if m["set"] == first}
 
 
-def _plot_curve(ax: Any, points: list[tuple[float, float]], scale: float = 1.0, **kwargs: Any) -> None:
+def _plot_curve(ax: Any, points: list[tuple[float, float]], **kwargs: Any) -> None:
     """``points`` as a line, with markers when few (a one-epoch run's single point stays visible)."""
     steps, values = zip(*points)
-    ax.plot(steps, [scale * v for v in values], marker="o" if len(points) <= 30 else None, **kwargs)
+    ax.plot(steps, values, marker="o" if len(points) <= 30 else None, **kwargs)
 
 
 def plot_training_curves(
@@ -200,8 +200,8 @@ def training_curves_figure(source: str | Path | list[dict[str, float]], log_x: b
         ax_norm.legend()
     ax_norm.set(title="loss-space embedding norm", ylabel="||z||")
     if curves["knn"]:
-        _plot_curve(ax_knn, curves["knn"], scale=100)
-    ax_knn.set(title="online k-NN accuracy", ylabel="top-1 (%)")
+        _plot_curve(ax_knn, curves["knn"])
+    ax_knn.set(title="online k-NN accuracy", ylabel="top-1 (fraction)")  # the unit of knn/top1 everywhere
     if curves["loss"]:
         _plot_curve(ax_loss, curves["loss"])
     ax_loss.set(title="training loss", ylabel="loss")

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_norms.callbacks import EmbeddingNormMonitor, NonFiniteGuard, NonFiniteLossError, OnlineKNN
+from ssl_norms.callbacks import EmbeddingNormMonitor, NonFiniteGuard, NonFiniteLossError, OnlineKNN, RepresentationMetrics
 from ssl_norms.data import SyntheticLatentClasses
-from ssl_norms.eval import knn_predict
+from ssl_norms.eval import knn_predict, knn_scores, rankme, uniformity
 from ssl_norms.methods import SimCLR
 
 
@@ -61,6 +61,40 @@ def test_online_knn_equals_offline_knn_on_bank_and_val():
     offline = (knn_predict(bank, data.bank_set.labels, val, 4, k=10) == data.val_set.labels).float().mean().item()
     assert online == pytest.approx(offline, abs=1e-6)
     assert online > 0.5  # 4 classes
+
+
+def test_online_knn_logs_top5_and_both_spaces_equal_to_offline_knn():
+    data = SyntheticLatentClasses(num_classes=8, train_samples=512, val_samples=128, batch_size=64)
+    model = _tiny_model()
+    trainer = _tiny_trainer([OnlineKNN(k=10, space=["features", "embeddings"])], max_epochs=1)
+    trainer.fit(model, data)
+    model.eval()
+    with torch.no_grad():
+        (bank_f, bank_z), (val_f, val_z) = model.embed(data.bank_set.inputs), model.embed(data.val_set.inputs)
+    for prefix, bank, val in (("knn", bank_f, val_f), ("knn/embeddings", bank_z, val_z)):
+        scores = knn_scores(bank, data.bank_set.labels, val, 8, k=10, search=torch.float32)
+        top5 = (scores.topk(5).indices == data.val_set.labels[:, None]).any(1).float().mean().item()
+        assert trainer.callback_metrics[f"{prefix}/top1"].item() == pytest.approx((scores.argmax(1) == data.val_set.labels).float().mean().item(), abs=1e-6)
+        assert trainer.callback_metrics[f"{prefix}/top5"].item() == pytest.approx(top5, abs=1e-6)
+    assert trainer.callback_metrics["knn/top5"] >= trainer.callback_metrics["knn/top1"]
+    with pytest.raises(ValueError, match="distinct"):
+        OnlineKNN(space=["features", "features"])
+
+
+def test_representation_metrics_read_the_validation_outputs_and_training_pairs():
+    data = SyntheticLatentClasses(num_classes=4, train_samples=256, val_samples=96, batch_size=64)
+    model = _tiny_model()
+    trainer = _tiny_trainer([RepresentationMetrics()], max_epochs=1)
+    trainer.fit(model, data)
+    model.eval()
+    with torch.no_grad():
+        features, embeddings = model.embed(data.val_set.inputs)
+    metrics = trainer.callback_metrics
+    assert metrics["repr/rankme_features"].item() == pytest.approx(rankme(features).item(), rel=1e-4)
+    assert metrics["repr/rankme_embeddings"].item() == pytest.approx(rankme(embeddings).item(), rel=1e-4)
+    assert metrics["repr/uniformity"].item() == pytest.approx(uniformity(embeddings).item(), abs=1e-4)
+    assert 0 < metrics["repr/alignment"].item() < 4  # squared distance of unit vectors
+    assert 1 <= metrics["repr/rankme_embeddings"].item() <= embeddings.shape[1]
 
 
 def test_online_knn_warns_once_when_a_single_class_makes_it_trivial():

@@ -7,8 +7,9 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ssl_norms.eval import knn_predict, knn_predict_leave_one_out, single_class_note
+from ssl_norms.eval import SEARCH_LISTED, alignment, rankme, uniformity, _certified_scores, _LowPrecisionBank, _vote, knn_predict, knn_predict_leave_one_out, knn_scores, single_class_note, topk_accuracy
 
 
 def brute_force_knn(train, train_labels, test, num_classes, k, temperature):
@@ -62,6 +63,54 @@ def test_chunking_does_not_change_results_and_bad_input_raises():
         knn_predict(train, labels, test, 3, temperature=0)
 
 
+def near_tied_data(seed: int = 3):
+    """Bank points in twins a hair apart (cosines differing by ~1e-4: below bf16's resolution, far
+    above fp32's) with different labels, and few classes per query neighbourhood: the order of the
+    twins decides many votes."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(300, 24, generator=g)
+    bank = torch.cat([base, base + 1e-4 * torch.randn(300, 24, generator=g)])
+    labels = torch.randint(0, 8, (600,), generator=g)
+    queries = torch.cat([torch.randn(200, 24, generator=g), base[:100] + 0.3 * torch.randn(100, 24, generator=g)])
+    return bank, labels, queries
+
+
+@pytest.mark.parametrize("search", [torch.bfloat16, torch.float16])
+def test_low_precision_search_gives_the_fp32_labels_and_top5_on_near_ties(search):
+    bank, labels, queries = near_tied_data()
+    fp32 = knn_scores(bank, labels, queries, 8, k=20, temperature=0.05, search=torch.float32)
+    scores = knn_scores(bank, labels, queries, 8, k=20, temperature=0.05, search=search, chunk_size=64)
+    assert torch.equal(scores.argmax(1), fp32.argmax(1))
+    assert torch.equal(scores.topk(5).indices.sort().values, fp32.topk(5).indices.sort().values)
+    assert torch.equal(knn_predict(bank, labels, queries, 8, k=20, temperature=0.05, search=search), fp32.argmax(1))
+    # both ways are taken: rows the rounding bound certifies, rows recomputed in fp32
+    top, idx, bound = _LowPrecisionBank(F.normalize(bank, dim=1), search).search(F.normalize(queries, dim=1), SEARCH_LISTED * 20)
+    certified = _certified_scores(top, idx, bound, labels, 8, 20, 0.05, (1, 5))[1]
+    assert 0 < certified.sum() < len(queries)
+    # the data have teeth: voting on the rounded similarities directly changes some labels
+    rounded = F.normalize(queries, dim=1).to(search).float() @ F.normalize(bank, dim=1).to(search).float().T
+    assert (_vote(rounded.to(search).float(), labels, 8, 20, 0.05) != fp32.argmax(1)).any()
+
+
+def test_knn_scores_top5_matches_brute_force_and_default_search_equals_fp32():
+    g = torch.Generator().manual_seed(4)
+    means = torch.randn(12, 32, generator=g)
+    labels = torch.randint(0, 12, (660,), generator=g)
+    feats = means[labels] + 1.2 * torch.randn(660, 32, generator=g)
+    bank, bank_labels, queries = feats[:600], labels[:600], feats[600:]
+    scores = knn_scores(bank, bank_labels, queries, 12, k=50, temperature=0.1, chunk_size=64)
+    exact = knn_scores(bank, bank_labels, queries, 12, k=50, temperature=0.1, search=torch.float32)
+    assert torch.equal(scores.topk(5).indices.sort().values, exact.topk(5).indices.sort().values)
+    assert torch.equal(scores.argmax(1), brute_force_knn(bank, bank_labels, queries, 12, 50, 0.1))
+
+
+def test_torchmetrics_top1_is_the_argmax_accuracy_even_on_tied_votes():
+    scores = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [0.5, 0.5, 0.5], [0.0, 0.0, 3.0]])
+    labels = torch.tensor([0, 2, 1, 2])
+    assert topk_accuracy(scores, labels, 3)["top1"] == (scores.argmax(1) == labels).float().mean().item() == 0.5
+    assert topk_accuracy(scores, labels, 3)["top5"] == 1.0  # top-min(5, C): every class
+
+
 def test_single_class_labels_are_named_as_making_the_k_nn_accuracy_meaningless():
     one, two = torch.zeros(6, dtype=torch.long), torch.tensor([0, 1, 0, 1, 0, 1])
     assert "bank holds a single class (0)" in single_class_note(one, one) and "trivially 1.0 " in single_class_note(one, one)
@@ -75,3 +124,25 @@ def test_single_class_labels_are_named_as_making_the_k_nn_accuracy_meaningless()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         knn_predict_leave_one_out(feats, two, 2, k=3)
+
+
+def test_rankme_of_known_singular_values():
+    # singular values 4, 3, 1 (and a zero one): p = (0.5, 0.375, 0.125, 0) + eps
+    z = torch.zeros(6, 4)
+    z[0, 0], z[1, 1], z[2, 2] = 4.0, 3.0, 1.0
+    p = [0.5 + 1e-7, 0.375 + 1e-7, 0.125 + 1e-7, 1e-7]
+    assert rankme(z).item() == pytest.approx(math.exp(-sum(x * math.log(x) for x in p)), rel=1e-5)
+    assert rankme(torch.eye(5)).item() == pytest.approx(5.0, rel=1e-5)  # full rank: every direction counts
+
+
+def test_alignment_and_uniformity_by_hand():
+    z1 = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    z2 = torch.tensor([[1.0, 1.0], [0.0, 3.0]])  # normalised: 45 degrees apart, then identical
+    assert alignment(z1, z2).item() == pytest.approx((2 - 2 * math.cos(math.pi / 4)) / 2)
+    assert alignment(z1, z2, alpha=1).item() == pytest.approx(math.sqrt(2 - math.sqrt(2)) / 2)
+    # three unit vectors 120 degrees apart: every pair at squared distance 3
+    z = torch.tensor([[1.0, 0.0], [-0.5, math.sqrt(3) / 2], [-0.5, -math.sqrt(3) / 2]]) * 5
+    assert uniformity(z).item() == pytest.approx(-2 * 3, abs=1e-5)
+    # pairs at squared distances 2, 2 and 4 (two orthogonal vectors and one opposite the first)
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    assert uniformity(w, chunk_size=2).item() == pytest.approx(math.log((2 * math.exp(-4) + math.exp(-8)) / 3), abs=1e-5)

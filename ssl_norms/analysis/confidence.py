@@ -156,8 +156,8 @@ def knn_by_norm(
     numbers = {"split": split, "augmented": run.augmented and split == "train", "norm_space": space, "knn_space": knn_space,
                "k": min(k, len(norms) - 1), "temperature": temperature, "leave_one_out": leave_one_out}
     return _write_bucket_study(
-        "knn_by_norm", out_dir, norms, correct, num_buckets, min_count, numbers, f"leave-one-out cosine {numbers['k']}-NN accuracy (%)",
-        f"Fig 4 left: k-NN accuracy by {SPACE_NAMES[space]} norm ({split})", 100.0,
+        "knn_by_norm", out_dir, norms, correct, num_buckets, min_count, numbers, f"leave-one-out cosine {numbers['k']}-NN accuracy (fraction)",
+        f"Fig 4 left: k-NN accuracy by {SPACE_NAMES[space]} norm ({split})", 1.0,
         {"index": embedded["index"], "label": embedded["labels"], "norm": norms, "knn_correct": correct.bool()},
     )
 

@@ -134,12 +134,12 @@ def plot_runs_over_epochs(
         if norms:
             ax_norm.plot([e + 1 for e in norms], list(norms.values()), marker="o", markersize=3, label=label, color=color)
         if knn:
-            ax_knn.plot([e + 1 for e in knn], [100 * v for v in knn.values()], marker="o", markersize=3, label=label, color=color)
+            ax_knn.plot([e + 1 for e in knn], list(knn.values()), marker="o", markersize=3, label=label, color=color)
         for epoch in sorted(set(norms) | set(knn)):
             rows.append({"run": label, "run_dir": str(Path(run)), "epoch": epoch + 1,
                          "norm_mean": norms.get(epoch, math.nan), "knn_top1": knn.get(epoch, math.nan)})
     ax_norm.set(title=f"mean embedding norm ({norm_key})", xlabel="epoch (log scale)", ylabel="||z||")
-    ax_knn.set(title=f"k-NN accuracy ({knn_key})", xlabel="epoch (log scale)", ylabel="top-1 (%)")
+    ax_knn.set(title=f"k-NN accuracy ({knn_key})", xlabel="epoch (log scale)", ylabel="top-1 (fraction)")
     for ax in (ax_norm, ax_knn):
         log_epoch_axis(ax)
         ax.grid(alpha=0.3, which="both")

@@ -6,7 +6,8 @@ from ssl_norms.callbacks.knn import OnlineKNN
 from ssl_norms.callbacks.linear_probe import OnlineLinearProbe
 from ssl_norms.callbacks.norm_monitor import EmbeddingNormMonitor
 from ssl_norms.callbacks.progress import ProgressLines
+from ssl_norms.callbacks.representation import RepresentationMetrics
 from ssl_norms.callbacks.summary import RunSummary
 from ssl_norms.callbacks.wandb_media import WandbValidationMedia
 
-__all__ = ["CompileBackbone", "CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "ProgressLines", "RunSummary", "WandbValidationMedia"]
+__all__ = ["CompileBackbone", "CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "ProgressLines", "RepresentationMetrics", "RunSummary", "WandbValidationMedia"]
