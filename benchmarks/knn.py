@@ -75,7 +75,7 @@ def main() -> None:
     bank, bank_labels, queries, labels = make_data(args)
     c = args.classes
     print(f"{args.bank} bank x {args.queries} queries, d={args.dim}, k={args.k}, {args.threads} threads, "
-          f"search {search_dtype('cpu')}, median of {args.rounds} interleaved rounds")
+          f"search {search_dtype('cpu', len(bank))}, median of {args.rounds} interleaved rounds")
 
     times, results = interleaved({
         "fp32": lambda: knn_predict(bank, bank_labels, queries, c, args.k, args.temperature, search=torch.float32),
@@ -99,7 +99,7 @@ def main() -> None:
 
 def recomputed_share(bank, bank_labels, queries, num_classes, args) -> float:
     """Share of queries whose top-1 the rounding bound cannot certify (knn_predict redoes them in fp32)."""
-    low_bank = _LowPrecisionBank(F.normalize(bank, dim=1), search_dtype("cpu"))
+    low_bank = _LowPrecisionBank(F.normalize(bank, dim=1), search_dtype("cpu", len(bank)))
     top, idx, bound = low_bank.search(F.normalize(queries, dim=1), SEARCH_LISTED * args.k)
     _, certified = _certified_scores(top, idx, bound, bank_labels, num_classes, args.k, args.temperature, (1,))
     return 1 - certified.float().mean().item()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from ssl_norms.hardware import fast_bf16
 from ssl_norms.threads import one_cpu_thread
 
 
@@ -56,17 +57,21 @@ UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32
 SEARCH_LISTED = 2
 
 
-def search_dtype(device: torch.device | str) -> torch.dtype:
-    """The fastest exact-able format of the similarity search on ``device``: fp16 (fp32 accumulation
-    and output) on CUDA, bf16 on CPUs with bf16 instructions (AVX512-BF16, AMX), else fp32."""
+#: below this many bank points the certificate's fixed cost outweighs the cheaper search (a 5k bank
+#: ran at 0.4-0.6x the fp32 speed on a 2-core AVX-512-bf16 CPU; 50k at 1.0-1.25x)
+LOW_PRECISION_MIN_BANK = 20_000
+
+
+def search_dtype(device: torch.device | str, bank_size: int = LOW_PRECISION_MIN_BANK) -> torch.dtype:
+    """The fastest exact-able format of the similarity search on ``device`` for a bank of
+    ``bank_size`` points: fp16 (fp32 accumulation and output) on CUDA, bf16 on CPUs with fast bf16
+    (:func:`ssl_norms.hardware.fast_bf16`), fp32 otherwise or for a small bank."""
     device = torch.device(device)
+    if bank_size < LOW_PRECISION_MIN_BANK:
+        return torch.float32
     if device.type == "cuda":
         return torch.float16
-    # torch's own probes of the instruction sets (private: absent in another version means no)
-    probes = (getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    if device.type == "cpu" and any(probe() for probe in probes):
-        return torch.bfloat16
-    return torch.float32
+    return torch.bfloat16 if device.type == "cpu" and fast_bf16("cpu") else torch.float32
 
 
 class _LowPrecisionBank:
@@ -159,7 +164,7 @@ def knn_scores(
     points, weighted by exp(sim / temperature), whose best ``K`` classes for every K in ``exact_top``
     are those of the fp32 vote (top-1 and top-5 accuracy are exact).
 
-    The similarities are searched in ``search`` precision (default :func:`search_dtype`, fp32: the
+    The similarities are searched in ``search`` precision (default :func:`search_dtype`; fp32: the
     fp32 vote itself). With bf16/fp16 a query keeps its low-precision scores when a rigorous bound
     on the rounding error proves its class ranking (:func:`_certified_scores`) and is recomputed in
     fp32 otherwise, so the ranking never differs from fp32 (up to exact ties, which the fp32 vote
@@ -177,7 +182,7 @@ def knn_scores(
     k = min(k, len(train_feats))
     bank = F.normalize(train_feats.float(), dim=1)
     labels = train_labels.to(bank.device).long()
-    search = search or search_dtype(bank.device)
+    search = search or search_dtype(bank.device, len(bank))
     low_bank = _LowPrecisionBank(bank, search) if search != torch.float32 else None
     scores = []
     for chunk in F.normalize(test_feats.float(), dim=1).split(chunk_size):

@@ -146,3 +146,13 @@ def test_alignment_and_uniformity_by_hand():
     # pairs at squared distances 2, 2 and 4 (two orthogonal vectors and one opposite the first)
     w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     assert uniformity(w, chunk_size=2).item() == pytest.approx(math.log((2 * math.exp(-4) + math.exp(-8)) / 3), abs=1e-5)
+
+
+def test_the_search_format_is_low_precision_only_for_a_bank_large_enough_to_gain():
+    from ssl_norms import hardware
+    from ssl_norms.eval import LOW_PRECISION_MIN_BANK, search_dtype
+
+    assert search_dtype("cpu", LOW_PRECISION_MIN_BANK - 1) == torch.float32
+    expected = torch.bfloat16 if hardware.fast_bf16("cpu") else torch.float32
+    assert search_dtype("cpu", LOW_PRECISION_MIN_BANK) == expected
+    assert search_dtype("cuda", 10) == torch.float32 and search_dtype("cuda", 10**6) == torch.float16
