@@ -382,6 +382,27 @@ def test_novelty_shows_every_set_with_the_runs_own_normalisation(generated_run, 
     assert 0 <= result.numbers["auroc/cifar10_test"] <= 1
 
 
+def test_analyze_novelty_reports_detection_per_scorer_and_ood_set_and_leaves_the_run_alone(generated_run, tmp_path, capsys):
+    root, run_dir, _ = generated_run
+    before = _hashes(run_dir)
+    out = tmp_path / "novelty"
+    main(["analyze", "novelty", "--ckpt", str(run_dir), "--data", str(root), "--out", str(out), "--sets", "cifar10_test",
+          "--ood", "mnist,noise,cifar10_test_blur2", "--k", "20", "--no-wandb"])
+    assert _hashes(run_dir) == before
+    numbers = json.loads((out / "novelty.json").read_text())
+    assert "mnist_test" in numbers["skipped"]  # the generated root has no MNIST: named, not fatal
+    assert [r["set"] for r in numbers["sets"]] == ["training set", "cifar10_test", "cifar10_test_noise5", "cifar10_test_blur2"]
+    rows = list(csv.DictReader(open(out / "novelty_detection.csv")))
+    assert [(r["ood_set"], r["scorer"]) for r in rows] == [
+        (s, scorer) for s in ("cifar10_test_noise5", "cifar10_test_blur2") for scorer in ("norm", "relative", "class_relative", "msp")]
+    assert all(0 <= float(r["auroc"]) <= 1 and 0 <= float(r["fpr95"]) <= 1 and r["num_id"] == r["num_ood"] == str(N_TEST) for r in rows)
+    by_scorer = {(r["ood_set"], r["scorer"]): float(r["auroc"]) for r in rows}
+    assert by_scorer[("cifar10_test_noise5", "norm")] == pytest.approx(by_scorer[("cifar10_test_noise5", "relative")])  # same ranking
+    assert 0 <= numbers["in_distribution_accuracy"]["probe_top1"] <= 1
+    printed = capsys.readouterr().out
+    assert re.search(r"note: test images vs cifar10_test_noise5: norm AUROC \d\.\d{3} FPR@95 \d\.\d{3}, relative .*, msp AUROC", printed)
+
+
 def test_novelty_needs_images():
     from ssl_norms.analysis import novelty
     from ssl_norms.data import SyntheticLatentClasses
@@ -563,10 +584,14 @@ def test_analyze_all_on_a_real_cifar10_checkpoint(real_run, tmp_path):
     assert "join is not possible" in (out / "entropy_by_norm.skipped.txt").read_text()  # image folder: no CIFAR-10H
     novelty = json.loads((out / "novelty.json").read_text())
     sets = {row["set"]: row for row in novelty["sets"]}
-    assert set(sets) == {"training set", "cifar10_test", "mnist_test"} and "cifar100_test" in novelty["skipped"]
+    assert set(sets) == {"training set", "cifar10_test", "mnist_test", "cifar10_test_noise5", "cifar10_test_blur5"}
+    assert "cifar100_test" in novelty["skipped"]
     assert sets["training set"]["relative_mean"] == pytest.approx(1.0)
     assert all(0 <= sets[s]["auroc_vs_training"] <= 1 for s in ("cifar10_test", "mnist_test"))
     assert abs(sets["cifar10_test"]["auroc_vs_training"] - 0.5) < abs(sets["mnist_test"]["auroc_vs_training"] - 0.5)
+    detection = {(r["ood_set"], r["scorer"]) for r in novelty["detection"]}
+    assert detection == {(s, scorer) for s in ("mnist_test", "cifar10_test_noise5", "cifar10_test_blur5")
+                         for scorer in ("norm", "relative", "class_relative", "msp")}
     human = json.loads((out / "human_agreement_by_norm.json").read_text())
     assert human["storage"] == "image_folder" and 0.87 < human["overall"] < 0.95
     knn = json.loads((out / "knn_by_norm.json").read_text())

@@ -23,14 +23,15 @@ from ssl_norms.analysis.confidence import (
 from ssl_norms.analysis.curves import plot_runs_over_epochs, read_metrics_by_epoch, run_labels, training_curves
 from ssl_norms.analysis.human_labels import entropy_bits, original_train_indices, storage_format
 from ssl_norms.analysis.loading import FirstView, TrainedRun, embed_dataset, load_datamodule, load_model
-from ssl_norms.analysis.novelty import norm_auroc, novelty
+from ssl_norms.analysis.novelty import detection_table, novelty
 from ssl_norms.analysis.opposite_pairs import opposite_pairs, opposite_rate_at_epochs, recomputed_opposite_rate
 from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
+from ssl_norms.confidence import norm_auroc
 from ssl_norms.eval import knn_predict_leave_one_out
 
 __all__ = [
     "ANALYSES", "AnalysisResult", "AnalysisUnavailable", "FirstView", "TrainedRun",
-    "bucket_summary", "embed_dataset", "entropy_bits", "entropy_by_norm", "extreme_indices", "extremes",
+    "bucket_summary", "detection_table", "embed_dataset", "entropy_bits", "entropy_by_norm", "extreme_indices", "extremes",
     "human_agreement_by_norm", "knn_by_norm", "knn_predict_leave_one_out", "load_datamodule", "load_model",
     "norm_auroc", "norm_buckets", "novelty", "opposite_pairs", "opposite_rate_at_epochs", "original_train_indices",
     "plot_runs_over_epochs", "read_metrics_by_epoch", "recomputed_opposite_rate",

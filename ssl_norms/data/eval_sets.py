@@ -17,6 +17,8 @@ mnist_train/_test      ``MNIST/raw/*-ubyte`` (torchvision's MNIST layout); grey 
 flowers102_train/      ``flowers-102/{jpg/,imagelabels.mat,setid.mat}`` (official      128
   _val/_test           ``trnid`` / ``valid`` / ``tstid`` splits)
 imagenet100_train/val  ``imagenet100/{train,val}/<wnid>/`` (see ImageNet100DataModule)  128
+cifar10_test_noise1-5  the CIFAR-10 test set with Gaussian noise / Gaussian blur of     32
+cifar10_test_blur1-5     severity 1-5 (:func:`corrupt`; ``noise``, ``blur``: severity 5)
 =====================  ============================================================  ===========
 
 Small sets are decoded into memory, resized once to ``size`` (shorter side, then the central
@@ -27,11 +29,15 @@ set's own dataset statistics; pass the ``mean``/``std`` of the DataModule a mode
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from ssl_norms.data.datasets import ImageFiles, InMemoryImages
 from ssl_norms.data.image_folder import resize_image
@@ -40,7 +46,35 @@ from ssl_norms.data.readers import flowers102_files, imagenet100_files, read_cif
 from ssl_norms.data.transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 MNIST_MEAN, MNIST_STD = (0.1307,) * 3, (0.3081,) * 3
-ALIASES = {"mnist": "mnist_test", "flowers102": "flowers102_test"}
+ALIASES = {"mnist": "mnist_test", "flowers102": "flowers102_test", "noise": "cifar10_test_noise5", "blur": "cifar10_test_blur5"}
+# CIFAR-10-C's parameters for 32 px images (Hendrycks & Dietterich, ICLR 2019), severity 1..5
+NOISE_STD = (0.04, 0.06, 0.08, 0.09, 0.10)  # Gaussian noise std on pixels in [0, 1]
+BLUR_SIGMA = (0.4, 0.6, 0.7, 0.8, 1.0)  # Gaussian blur sigma in pixels
+
+
+def corrupt(images: Tensor, kind: str, severity: int, seed: int = 0) -> Tensor:
+    """uint8 (N, C, H, W) ``images`` with Gaussian ``noise`` (std ``NOISE_STD``, clipped to [0, 1],
+    drawn from ``seed``: the same noise at every call) or Gaussian ``blur`` (sigma ``BLUR_SIGMA``,
+    kernel 2 ceil(3 sigma) + 1, reflected borders) of ``severity`` 1-5, back in uint8."""
+    if kind not in ("noise", "blur") or severity not in range(1, 6):
+        raise ValueError(f"corrupt needs kind 'noise' or 'blur' and severity 1-5, got {kind!r}, {severity!r}")
+    pixels = v2.functional.to_dtype(images, torch.float32, scale=True)
+    if kind == "noise":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            pixels = v2.functional.gaussian_noise(pixels, sigma=NOISE_STD[severity - 1], clip=True)
+    else:
+        sigma = BLUR_SIGMA[severity - 1]
+        pixels = v2.functional.gaussian_blur(pixels, 2 * math.ceil(3 * sigma) + 1, sigma)
+    return v2.functional.to_dtype(pixels, torch.uint8, scale=True)
+
+
+def _corrupted(loader, kind: str, severity: int):
+    def load(root: Path) -> tuple[Tensor, Tensor]:
+        images, labels = loader(root)
+        return corrupt(images, kind, severity), labels
+
+    return load
 
 
 def _in_memory(loader, native: int, mean, std, rgb: bool = False):
@@ -76,6 +110,9 @@ EVAL_SETS: dict[str, Callable[..., Dataset]] = {
     "flowers102_test": _files(partial(flowers102_files, split="test"), 128, IMAGENET_MEAN, IMAGENET_STD),
     "imagenet100_train": _files(partial(imagenet100_files, split="train"), 128, IMAGENET_MEAN, IMAGENET_STD),
     "imagenet100_val": _files(partial(imagenet100_files, split="val"), 128, IMAGENET_MEAN, IMAGENET_STD),
+    **{f"cifar10_test_{kind}{severity}": _in_memory(_corrupted(partial(read_cifar, layout=CIFAR10_LAYOUT, train=False), kind, severity),
+                                                    32, CIFAR10_MEAN, CIFAR10_STD)
+       for kind in ("noise", "blur") for severity in range(1, 6)},
 }
 
 
