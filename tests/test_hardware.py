@@ -98,14 +98,15 @@ def test_cli_states_the_precision_it_chose_and_an_explicit_one_wins(monkeypatch,
 
 
 def test_workers_and_threads_from_the_core_count(monkeypatch, capsys):
-    assert hardware.loader_split(2, threads=2)[:2] == (0, 2)
+    assert hardware.loader_split(1, threads=4)[:2] == (0, 1)
+    assert hardware.loader_split(2, threads=2)[:2] == (2, 2)  # the workers mostly sleep: the step keeps both cores
     assert hardware.loader_split(32, threads=32)[:2] == (8, 24)
     assert hardware.loader_split(32, threads=16)[:2] == (8, 16)  # no more threads than physical cores
     workers, threads, why = hardware.loader_split(12, threads=12)
     assert (workers, threads) == (3, 9) and "12 CPU cores: 3 DataLoader workers, 9 torch threads" in why
     monkeypatch.setattr(hardware, "cpu_cores", lambda: 2)
-    assert CIFAR10DataModule().num_workers == 0
-    assert "2 CPU cores: augmenting in the training process" in capsys.readouterr().err
+    assert CIFAR10DataModule().num_workers == 2
+    assert "2 CPU cores: 2 DataLoader workers, 2 torch threads" in capsys.readouterr().err
     assert CIFAR10DataModule(num_workers=3).num_workers == 3  # explicit wins, nothing said
     assert capsys.readouterr().err == ""
 
