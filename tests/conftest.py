@@ -94,6 +94,16 @@ def as_launched_rank(rank: int, port: int, world_size: int = 2) -> None:
     fabric_distributed.default_pg_timeout = datetime.timedelta(seconds=60)
 
 
+def leave_process_group() -> None:
+    """End a spawned rank in step with the others: a rank whose gloo peers already exited can abort
+    (SIGABRT) while its process group is torn down at interpreter exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def spawn_ranks(worker, *args, world_size: int = 2, timeout_s: float = 180) -> None:
     """Run ``worker(rank, port, *args)`` in ``world_size`` spawned processes (the gloo rendezvous is
     127.0.0.1:port) and wait; fails the test when a worker raises or the group hangs past the timeout."""

@@ -28,7 +28,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from conftest import REPO, TINY_DEMO, as_launched_rank, metric_values, spawn_ranks
+from conftest import REPO, TINY_DEMO, as_launched_rank, leave_process_group, metric_values, spawn_ranks
 from ssl_norms.callbacks import EmbeddingNormMonitor, OnlineKNN
 from ssl_norms.data import SyntheticLatentClasses
 from ssl_norms.eval import knn_predict
@@ -127,6 +127,7 @@ def _worker(rank: int, port: int, out_dir: str, scenarios: list[str]) -> None:
     as_launched_rank(rank, port, WORLD_SIZE)
     for scenario in scenarios:
         _run_scenario(scenario, Path(out_dir), rank)
+    leave_process_group()
 
 
 @pytest.fixture(scope="module")

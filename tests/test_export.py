@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import TINY_DEMO, as_launched_rank, spawn_ranks
+from conftest import TINY_DEMO, as_launched_rank, leave_process_group, spawn_ranks
 from ssl_norms.analysis.loading import load_datamodule, load_model, read_run_config
 from ssl_norms.callbacks.prediction_writer import EmbeddingWriter
 from ssl_norms.cli import main
@@ -27,7 +27,8 @@ from test_run_records import assert_untouched, file_hashes
 def finished(tmp_path_factory) -> Path:
     """A finished two-epoch run of the tiny demo."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    main(["fit", *TINY_DEMO, "--run_dir", str(run_dir), "--trainer.enable_progress_bar", "false"])
+    main(["fit", *TINY_DEMO, "--run_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
+          "--trainer.precision", "32-true"])  # compared with an fp32 forward below; predict keeps the run's precision
     return run_dir
 
 
@@ -78,6 +79,7 @@ def _ddp_predict(rank: int, port: int, out_dir: str) -> None:
                         return_predictions=False)
     if rank == 0:
         torch.save(model.state_dict(), Path(out_dir) / "model.pt")
+    leave_process_group()
 
 
 def test_predict_under_two_process_ddp_writes_one_file_with_every_sample_once(tmp_path):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from conftest import as_launched_rank, spawn_ranks
+from conftest import as_launched_rank, leave_process_group, spawn_ranks
 from ssl_norms.callbacks import OnlineLinearProbe
 from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
 from ssl_norms.data import SyntheticLatentClasses
@@ -217,6 +217,7 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     trainer.fit(_model(), _data(train_samples=70, val_samples=21, batch_size=16, eval_batch_size=8))
     torch.save({**first.record, "state": probe.state_dict(), "top1": trainer.callback_metrics["linear/top1"].item()},
                Path(out_dir) / f"rank{rank}.pt")
+    leave_process_group()
 
 
 def test_ddp_probe_is_identical_on_every_rank_and_steps_on_the_global_batch(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,7 +200,8 @@ def test_offline_fit_validate_and_analyze_fill_one_wandb_run(tmp_path, monkeypat
     main(["validate", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
     main(["analyze", "curves", "--runs", str(run_dir)])
     offline = _offline_runs(run_dir)
-    assert len(offline) == 3 and all(p.name.endswith(f"-{run_id}") for p in offline)
+    # wandb names a folder offline-run-<second>-<id>, with "-1" when two sessions start in the same second
+    assert len(offline) == 3 and all(re.search(rf"-{run_id}(-\d+)?$", p.name) for p in offline), offline
     assert not list(run_dir.glob("*/wandb")) and not list(run_dir.glob("*/wandb_run_id"))
     validate, analyze = (read_wandb_records(p / f"run-{run_id}.wandb") for p in offline[1:])
     for joined in (validate, analyze):
