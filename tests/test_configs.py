@@ -193,6 +193,15 @@ def test_as_run_configs_build_on_the_clean_config_and_change_only_what_differs(f
     assert init.model.hparams.lr == own.model.init_args.lr
 
 
+@pytest.mark.parametrize("name", AS_RUN_FITS)
+def test_as_run_configs_state_the_released_precision(fit_parser, name):
+    """The clean recipes leave the precision to the hardware (bf16-mixed on bf16 hardware); an as-run
+    config trains at the released code's precision wherever it runs (FIDELITY.md)."""
+    expected = "16-mixed" if name.startswith("isoloss") else "32-true"
+    assert parse(fit_parser, "--config", AS_RUN / name).trainer.precision == expected
+    assert parse(fit_parser, "--config", clean_origin(AS_RUN / name)).trainer.precision is None
+
+
 @pytest.mark.parametrize("dataset", AS_RUN_DATASETS)
 @pytest.mark.parametrize("method", ["simclr", "simsiam"])
 def test_as_run_dataset_configs_are_the_cifar10_config_on_the_data_blocks(fit_parser, method, dataset):
