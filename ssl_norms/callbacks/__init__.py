@@ -9,5 +9,6 @@ from ssl_norms.callbacks.progress import ProgressLines
 from ssl_norms.callbacks.representation import RepresentationMetrics
 from ssl_norms.callbacks.summary import RunSummary
 from ssl_norms.callbacks.wandb_media import WandbValidationMedia
+from ssl_norms.callbacks.weight_norms import WeightNormMonitor
 
-__all__ = ["CompileBackbone", "CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "ProgressLines", "RepresentationMetrics", "RunSummary", "WandbValidationMedia"]
+__all__ = ["CompileBackbone", "CutInit", "EmbeddingNormMonitor", "GradScale", "NonFiniteGuard", "NonFiniteLossError", "OnlineKNN", "OnlineLinearProbe", "ProgressLines", "RepresentationMetrics", "RunSummary", "WandbValidationMedia", "WeightNormMonitor"]
