@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("action", choices=["plan", "run", "report"])
     parser.add_argument("--profile", default="cifar10", help="cifar10 (real data, ~2 h) or demo (seconds)")
     parser.add_argument("--jobs", type=int, default=2, help="points at a time, each on its share of the cores")
-    parser.add_argument("--runs", default=None, help="runs root (default $SSL_NORMS_RUNS or ./runs); points go to RUNS/cpu-scale/")
+    parser.add_argument("--runs", default=None, help="runs root (default $SSL_NORMS_RUNS or ./runs); points go to RUNS/cpu-scale-<profile>/")
     parser.add_argument("--limit", type=int, default=None, help="run: start at most this many points")
     parser.add_argument("--retry-failed", action="store_true", help="run: also retry points whose fit failed")
     parser.add_argument("--out", default=".", help="report: where REPRODUCTION.md, results.json and figures go")
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--jobs must be >= 1")
     profile = PROFILES[args.profile]()
     root = Path(args.runs) if args.runs else runs_root()
-    points = study_plan(profile, root, sweep=f"cpu-scale-{profile.name}")
+    points = study_plan(profile, root)
     if args.action == "plan":
         from ssl_norms.repro.runner import print_plan
 

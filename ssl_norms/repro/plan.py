@@ -42,6 +42,7 @@ class Profile:
     """
 
     name: str
+    description: str  # the data and model, for the report
     configs: dict[str, tuple[str, ...]]  # method -> config files, relative to the repo
     overrides: dict[str, Any]  # for every point
     train_images: int
@@ -63,6 +64,7 @@ def cifar10_profile() -> Profile:
     train, val, epochs, batch = 5000, 2000, 12, 128
     return Profile(
         name="cifar10",
+        description="Real CIFAR-10 from the data root; ResNet-18 (CIFAR stem) at width 16, bf16",
         configs={m: (f"configs/{m}/cifar10.yaml", "configs/presets/weight_norms.yaml") for m in METHODS},
         overrides={
             "model.init_args.backbone_width": 16,
@@ -79,7 +81,7 @@ def cifar10_profile() -> Profile:
         base_lr={"simclr": 0.15, "simsiam": 0.015},
         # class i keeps int(1695 * 1.5^-i): 4,994 images, the balanced runs' size, Table 3's base 1.5
         imbalance={"n_max": 1695, "base": 1.5}, imbalanced_images=4994,
-        pairs_per_s={1: 450.0, 2: 260.0},  # measured: ResNet-18 width 16, bf16, batch 128-256, 2 cores
+        pairs_per_s={1: 420.0, 2: 210.0},  # measured: ResNet-18 width 16, bf16, batch 128, 2 cores
     )
 
 
@@ -87,6 +89,7 @@ def demo_profile() -> Profile:
     """The synthetic demo data and MLP backbone: the whole plan in seconds (tests)."""
     return Profile(
         name="demo",
+        description="the synthetic latent-class demo data (configs/demo.yaml) with its MLP backbone",
         configs={m: ("configs/demo.yaml", "configs/presets/weight_norms.yaml") for m in METHODS},
         method_overrides={"simsiam": {  # the demo is SimCLR: swap the class, demo-sized SimSiam heads
             "model": "ssl_norms.methods.SimSiam", "model.init_args.projector_dims": [64, 64],
@@ -145,8 +148,9 @@ def _label(method: str, variant: str, lr_mult: float, seed: int) -> str:
     return f"{method}_{variant}_lr{lr_mult:g}x_seed{seed}"
 
 
-def study_plan(profile: Profile, runs_root: Path, sweep: str = "cpu-scale") -> list[StudyPoint]:
-    """Every point of the study in run order; run dirs ``<runs_root>/<sweep>/<label>``."""
+def study_plan(profile: Profile, runs_root: Path) -> list[StudyPoint]:
+    """Every point of the study in run order; run dirs ``<runs_root>/cpu-scale-<profile>/<label>``."""
+    sweep = f"cpu-scale-{profile.name}"
     specs: list[tuple[str, str, str, float, int, dict[str, Any]]] = []  # phase, method, variant, lr, seed, extra
 
     def cut_names(method: str) -> list[str]:

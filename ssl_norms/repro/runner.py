@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -107,6 +108,7 @@ def run_plan(
     running: dict[int, tuple[StudyPoint, subprocess.Popen, Callable[[], None], float]] = {}
     queue = [p for p in points if point_status(p) not in ("done", "running") and (retry_failed or point_status(p) != "failed")]
     started, results, began = 0, {}, time.time()
+    pace: list[float] = []  # measured / estimated seconds of the points finished in this call
     try:
         while queue or running:
             while free and queue and (limit is None or started < limit):
@@ -139,9 +141,12 @@ def run_plan(
                 del running[slot]
                 free.append(slot)
                 results[point.label] = "done" if code == 0 else "failed"
+                estimate = estimate_seconds(point, profile, jobs)
+                pace.append(seconds / estimate)
+                left = statistics.median(pace) * sum(estimate_seconds(p, profile, jobs) for p in queue) / jobs
                 print(f"{'done' if code == 0 else f'FAILED (exit {code})'} {point.label} in {minutes(seconds)} "
-                      f"(estimated {minutes(estimate_seconds(point, profile, jobs))}); {len(results)} finished this run, "
-                      f"{minutes(time.time() - began)} elapsed", flush=True)
+                      f"(estimated {minutes(estimate)}); {len(results)} finished this run, {minutes(time.time() - began)} "
+                      f"elapsed, {len(queue)} queued: about {minutes(left)} more at the measured pace", flush=True)
     finally:
         for point, process, release, _ in running.values():  # interrupted: stop our fits, keep their checkpoints
             process.terminate()
