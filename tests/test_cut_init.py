@@ -71,7 +71,7 @@ def test_ema_target_parameters_go_with_their_online_twins(scope):
 def test_layers_the_embed_pass_does_not_reach_are_an_error():
     model = tiny_method(SimCLR)
     model.probe = nn.Linear(4, 2)  # not in embed: whether it feeds a normalisation layer is unknown
-    with pytest.raises(ValueError, match="scope 'unnormalised': SimCLR's layers probe are not reached"):
+    with pytest.raises(ValueError, match="cannot tell whether SimCLR's layers probe feed a normalisation layer"):
         scoped_parameters(model, "unnormalised")
 
 

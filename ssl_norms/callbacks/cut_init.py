@@ -19,7 +19,6 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from ssl_norms.methods.ema import EMATarget
 from ssl_norms.models.scale_invariance import WEIGHT_LAYERS, normalised_layers
 
 Scope = Literal["all", "unnormalised", "normalised"]
@@ -48,19 +47,20 @@ def scoped_parameters(module: nn.Module, scope: str) -> list[Tensor]:
     """The parameters (weight and bias) of the Linear/Conv layers of ``module`` whose output feeds a
     normalisation layer (``normalised``) or does not (``unnormalised``), each once.
 
-    An EMA target's parameters go with their online twins. Any other Linear/Conv layer that the
+    An EMA target's parameters (a submodule with ``parameter_twins()``, such as
+    :class:`~ssl_norms.methods.ema.EMATarget`) go with their online twins. Any other Linear/Conv layer that the
     online forward pass does not reach is an error: whether it feeds a normalisation layer is unknown.
     """
     feeds_norm = normalised_layers(module)
-    targets = [name for name, m in module.named_modules() if isinstance(m, EMATarget)]
+    targets = [name for name, m in module.named_modules() if hasattr(m, "parameter_twins")]
     unknown = [
         name for name, m in module.named_modules()
         if isinstance(m, WEIGHT_LAYERS) and name not in feeds_norm and not any(name.startswith(f"{t}.") for t in targets)
     ]
     if unknown:
         raise ValueError(
-            f"CutInit scope {scope!r}: {type(module).__name__}'s layers {', '.join(unknown)} are not reached by its "
-            "embed pass, so whether they feed a normalisation layer is unknown; use scope 'all'"
+            f"CutInit cannot tell whether {type(module).__name__}'s layers {', '.join(unknown)} feed a normalisation "
+            "layer (its embed pass does not reach them); use scope 'all' without bn_lr_scale"
         )
     layers = dict(module.named_modules())
     chosen = {id(p): p for name, fed in feeds_norm.items() if fed == (scope == "normalised") for p in layers[name].parameters()}
