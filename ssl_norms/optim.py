@@ -102,7 +102,9 @@ def scale_lr(groups: list[dict[str, Any]], scales: dict[int, float], lr: float) 
     """Each group split by the lr multiplier of its parameters (``scales``: ``id`` -> multiplier,
     1 when absent): a part with multiplier m != 1 gets ``lr`` = m x the group's lr (default ``lr``)
     and ``lr_scale: m``. LambdaLR multiplies each group's initial lr, so the schedule still applies,
-    with m as a constant factor. Empty groups are dropped; the other keys of a group are kept."""
+    with m as a constant factor. Unscaled groups come first, in their order, so group 0 keeps the
+    configured lr (the lr the progress line and the norm monitor report). The other keys of a group
+    are kept."""
     split = []
     for group in groups:
         parts: dict[float, list] = {}
@@ -111,7 +113,7 @@ def scale_lr(groups: list[dict[str, Any]], scales: dict[int, float], lr: float) 
         for scale, params in parts.items():
             scaled = {} if scale == 1.0 else {"lr": group.get("lr", lr) * scale, "lr_scale": scale}
             split.append({**group, "params": params, **scaled})
-    return split
+    return sorted(split, key=lambda group: "lr_scale" in group)
 
 
 def build_optimizer(

@@ -95,6 +95,7 @@ def test_bn_lr_scale_divides_the_lr_of_exactly_the_normalised_layers_through_the
     scaled = {names[id(p)] for g in groups if g.get("lr_scale") for p in g["params"]}
     assert scaled == layer_parameter_names(model, feeds_norm=True)
     assert all(g["lr_scale"] == c**-2 for g in groups if "lr_scale" in g)
+    assert "lr_scale" not in groups[0] and groups[0].get("scheduled", True)  # the configured lr, which monitors report
     kinds = {(g.get("scheduled", True), g["weight_decay"] == 0, "lr_scale" in g) for g in groups}
     # (scheduled, no weight decay, lr-scaled): every combination but a decayed unscaled scheduled weight,
     # as every scheduled weight matrix of this network feeds a BatchNorm
