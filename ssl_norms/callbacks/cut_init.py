@@ -88,8 +88,9 @@ class CutInit(Callback):
     layers feeding normalisation with lr / c^2 for the whole run (a constant factor on the
     schedule), which cancels their effective-lr change: with SGD and no weight decay a cut layer
     then follows the uncut layer's trajectory divided by c as long as the rest of the network
-    computes what the uncut one does (exactly so with ``scope="normalised"``). It means nothing
-    for ``unnormalised``, which does not cut those layers.
+    computes what the uncut one does. That holds exactly with ``scope="normalised"``; with ``all``
+    the other parameters are cut too and keep the full lr, so it holds only approximately. It
+    means nothing for ``unnormalised``, which does not cut those layers.
 
     At ``on_train_start`` the optimizer exists but has taken no step (SGD momentum buffers are
     empty), so it never sees the uncut weights. The application is recorded in the callback state,
