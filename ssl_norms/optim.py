@@ -98,6 +98,24 @@ def split_weight_decay(groups: list[dict[str, Any]], no_decay: set[int]) -> list
     return [g for g in split if g["params"]]
 
 
+def scale_lr(groups: list[dict[str, Any]], scales: dict[int, float], lr: float) -> list[dict[str, Any]]:
+    """Each group split by the lr multiplier of its parameters (``scales``: ``id`` -> multiplier,
+    1 when absent): a part with multiplier m != 1 gets ``lr`` = m x the group's lr (default ``lr``)
+    and ``lr_scale: m``. LambdaLR multiplies each group's initial lr, so the schedule still applies,
+    with m as a constant factor. Unscaled groups come first, in their order, so group 0 keeps the
+    configured lr (the lr the progress line and the norm monitor report). The other keys of a group
+    are kept."""
+    split = []
+    for group in groups:
+        parts: dict[float, list] = {}
+        for param in group["params"]:
+            parts.setdefault(scales.get(id(param), 1.0), []).append(param)
+        for scale, params in parts.items():
+            scaled = {} if scale == 1.0 else {"lr": group.get("lr", lr) * scale, "lr_scale": scale}
+            split.append({**group, "params": params, **scaled})
+    return sorted(split, key=lambda group: "lr_scale" in group)
+
+
 def build_optimizer(
     name: str, groups: list[dict[str, Any]], *, lr: float, momentum: float = 0.9, nesterov: bool = False,
     lars_eta: float = 1e-3, lars_clip: bool = False, adamw_betas: tuple[float, float] = (0.9, 0.999), adamw_eps: float = 1e-8,

@@ -147,7 +147,7 @@ def test_resumed_or_restarted_run_is_cut_only_when_explicit(tmp_path, first_run_
     tiny_trainer([*first, checkpoint], enable_checkpointing=True, max_steps=2).fit(tiny_method(SimCLR), tiny_data())
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
     record = saved["callbacks"].get("CutInit", {}).get("record")
-    assert record == ({"c": 2.0, "global_step": 0} if first_run_cut else None)
+    assert record == ({"c": 2.0, "global_step": 0, "scope": "all", "bn_lr_scale": False} if first_run_cut else None)
 
     snapshot = FirstBatchSnapshot()
     resumed = tiny_method(SimCLR)  # fresh random weights: the checkpoint must replace them
@@ -185,7 +185,7 @@ def test_cut_init_allows_c_below_one_and_logs_hyperparameter(tmp_path):
     main(["fit", *TINY_DEMO, "--trainer.max_epochs=1", f"--trainer.callbacks+={callback}", "--run_dir", str(run_dir)])
     assert "cut_init/c: 0.5" in (run_dir / "hparams.yaml").read_text()
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert saved["callbacks"]["CutInit"]["record"] == {"c": 0.5, "global_step": 0}
+    assert saved["callbacks"]["CutInit"]["record"] == {"c": 0.5, "global_step": 0, "scope": "all", "bn_lr_scale": False}
 
 
 def test_bad_cut_constant_on_the_command_line_names_the_rule(capsys):

@@ -291,13 +291,13 @@ def test_tiny_sweep_runs_two_points_and_resumes(tmp_path, capsys):
     assert "cut_init/c: 2.0" in (cut.run_dir / "hparams.yaml").read_text()
     assert "cut_init" not in (default.run_dir / "hparams.yaml").read_text()
     first = torch.load(cut.last_checkpoint, weights_only=False)
-    assert first["global_step"] == 4 and first["callbacks"]["CutInit"]["record"] == {"c": 2.0, "global_step": 0}
+    assert first["global_step"] == 4 and first["callbacks"]["CutInit"]["record"] == {"c": 2.0, "global_step": 0, "scope": "all", "bn_lr_scale": False}
 
     capsys.readouterr()
     main(["sweep", str(sweep), "--index", "1", "--", "--trainer.max_epochs=2"])  # a re-run resumes
     assert "resuming" in capsys.readouterr().out
     again = torch.load(cut.last_checkpoint, weights_only=False)
-    assert again["global_step"] == 8 and again["callbacks"]["CutInit"]["record"] == {"c": 2.0, "global_step": 0}
+    assert again["global_step"] == 8 and again["callbacks"]["CutInit"]["record"] == {"c": 2.0, "global_step": 0, "scope": "all", "bn_lr_scale": False}
 
 
 # ---------------------------------------------------------------------------------------------

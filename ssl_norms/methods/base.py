@@ -21,7 +21,7 @@ from ssl_norms.models import build_backbone
 from ssl_norms.models.backbones import input_size_error
 from ssl_norms.optim import (
     ACCUMULATIONS, LR_SCHEDULES, OPTIMIZERS, SCHEDULE_UNITS, Accumulation, LrSchedule, OptimizerName, ScheduleUnit,
-    build_optimizer, lr_factor, scale_gradients, split_weight_decay,
+    build_optimizer, lr_factor, scale_gradients, scale_lr, split_weight_decay,
 )
 from ssl_norms.optim import warmup_cosine_factor  # noqa: F401  (its former home; tests import it from here)
 
@@ -243,6 +243,15 @@ class SSLMethod(L.LightningModule):
             return groups
         return split_weight_decay(groups, self.no_weight_decay_parameters())
 
+    def lr_scales(self) -> dict[int, float]:
+        """``{id(parameter): lr multiplier}`` from the trainer's callbacks that define
+        ``lr_scales(module)`` (``CutInit(bn_lr_scale=True)``); multipliers of one parameter multiply."""
+        scales: dict[int, float] = {}
+        for callback in self.trainer.callbacks if self._trainer is not None else []:
+            for key, scale in (callback.lr_scales(self) if hasattr(callback, "lr_scales") else {}).items():
+                scales[key] = scales.get(key, 1.0) * scale
+        return scales
+
     def steps_per_epoch(self, unit: str = "optimizer_step") -> int:
         """Schedule steps per epoch: optimizer steps (micro-batches / accumulation), so schedules count
         real updates; ``micro_batch``: the training loader's length, as the paper code counts."""
@@ -256,7 +265,7 @@ class SSLMethod(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = self._split_weight_decay(self.parameter_groups())
+        groups = scale_lr(self._split_weight_decay(self.parameter_groups()), self.lr_scales(), hp.lr)
         for group in groups:
             group.setdefault("weight_decay", hp.weight_decay)
         optimizer = build_optimizer(

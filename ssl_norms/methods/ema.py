@@ -49,6 +49,10 @@ class EMATarget(nn.Module):
     def _online_parameters(self) -> list[Tensor]:
         return [p for module in self._online for p in module.parameters()]
 
+    def parameter_twins(self) -> list[tuple[Tensor, Tensor]]:
+        """(target parameter, the online parameter it follows) pairs, in order."""
+        return list(zip(self.network.parameters(), self._online_parameters(), strict=True))
+
     @torch.no_grad()
     def forward(self, views: list[Tensor]) -> list[Tensor]:
         """Target outputs of each view (no gradient); same-shape views in one batched call."""
