@@ -18,13 +18,14 @@ from ssl_norms.repro.runner import point_status, print_plan, run_plan, state_dir
 def test_plan_answers_first_and_builds_every_intervention(tmp_path, capsys):
     profile = cifar10_profile()
     points = study_plan(profile, tmp_path)
-    assert len(points) == len({p.label for p in points}) == 44
+    assert len(points) == len({p.label for p in points}) == 46
     phases = [p.phase for p in points]
     assert phases[:6] == ["core"] * 6 and phases.index("lr") < phases.index("bn") < phases.index("seeds") < phases.index("wd")
     by_label = {p.label: p.fit for p in points}
     cut = by_label["simsiam_cut9_lr1x_seed0"].overrides["trainer.callbacks+"]
     assert cut == {"class_path": CUT_INIT, "init_args": {"c": 9.0}}
     assert by_label["simclr_cut3-bnlr_lr1x_seed0"].overrides["trainer.callbacks+"]["init_args"] == {"c": 3.0, "bn_lr_scale": True}
+    assert by_label["simsiam_cut9-normalised_lr1x_seed0"].overrides["trainer.callbacks+"]["init_args"] == {"c": 9.0, "scope": "normalised"}
     gradscale = by_label["simclr_gradscale_lr2x_seed0"]
     assert gradscale.overrides["model.init_args.lr"] == pytest.approx(2 * 0.15 / GRADSCALE_LR_DIVISOR)
     assert any(c.endswith("presets/gradscale_simclr.yaml") for c in gradscale.configs)
@@ -35,7 +36,7 @@ def test_plan_answers_first_and_builds_every_intervention(tmp_path, capsys):
     wall = print_plan(points, profile, jobs=2)
     assert wall == pytest.approx(sum(estimate_seconds(p, profile, 2) for p in points) / 2)
     assert 60 * 60 < wall < 3 * 60 * 60  # the study is sized for about two hours
-    assert "44 points, 0 done; 44 left, estimated" in capsys.readouterr().out
+    assert "46 points, 0 done; 46 left, estimated" in capsys.readouterr().out
 
 
 def test_steps_to_reach_and_verdicts():
@@ -99,7 +100,7 @@ def test_demo_study_runs_resumes_and_reports_without_touching_the_runs(tmp_path,
     assert first.returncode == 0, first.stdout + first.stderr
     assert "estimated" in first.stdout and [point_status(p) for p in points[:3]] == ["done", "done", "todo"]
     plan = subprocess.run([*run[:3], "plan", *run[4:]], capture_output=True, text=True, timeout=60)
-    assert "44 points, 2 done; 42 left" in plan.stdout
+    assert "46 points, 2 done; 44 left" in plan.stdout
     runs_before = {p.label: tree_hashes(p.fit.run_dir) for p in points[:2]}
     out = tmp_path / "report"
     out.mkdir()
@@ -109,7 +110,7 @@ def test_demo_study_runs_resumes_and_reports_without_touching_the_runs(tmp_path,
     assert report.returncode == 0, report.stdout + report.stderr
     assert {p.label: tree_hashes(p.fit.run_dir) for p in points[:2]} == runs_before
     results = json.loads((out / "results.json").read_text())
-    assert results["points_done"] == 2 and results["points"] == 44
+    assert results["points_done"] == 2 and results["points"] == 46
     default, cut = results["runs"][:2]
     assert default["variant"] == "default" and cut["variant"] == "cut3"
     assert 0 < default["knn_final"] <= 1 and default["knn_se"] > 0 and default["norm_final_epoch"] > 0

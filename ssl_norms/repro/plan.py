@@ -9,8 +9,9 @@ Order (each phase is useful on its own):
 1. ``core``: default, the paper's cut (SimCLR c=3, SimSiam c=9) and GradScale p=1, at the base lr;
 2. ``cut``: the other cut constant (SimCLR c=2, SimSiam c=3);
 3. ``lr``: the same four variants at 0.5x and 2x the base lr;
-4. ``bn``: the BN explanation: cut only the layers not followed by normalisation, and cut with the
-   lr of the BN-fed layers divided by c^2;
+4. ``bn``: the BN explanation: cut only the layers not followed by normalisation; cut with the lr
+   of the BN-fed layers divided by c^2; cut only the BN-fed layers (the same function, only their
+   effective lr x c^2);
 5. ``seeds``: a second seed of default and both cuts at the base lr;
 6. ``imbalanced``: default, paper cut and GradScale on an exponentially imbalanced training set;
 7. ``wd``: weight decay 0 and 5e-2 next to each method's default (Fig 5).
@@ -140,7 +141,8 @@ def _variant(profile: Profile, method: str, variant: str, lr_mult: float) -> tup
             "model.init_args.lr": lr / GRADSCALE_LR_DIVISOR, "model.init_args.warmup_epochs": profile.epochs / 5}
     name, _, scope = variant.partition("-")
     c = float(name.removeprefix("cut"))
-    options = {"": {}, "unnormalised": {"scope": "unnormalised"}, "bnlr": {"bn_lr_scale": True}}[scope]
+    options = {"": {}, "unnormalised": {"scope": "unnormalised"}, "normalised": {"scope": "normalised"},
+               "bnlr": {"bn_lr_scale": True}}[scope]
     return (), {"model.init_args.lr": lr, "trainer.callbacks+": _cut(c, **options)}
 
 
@@ -167,7 +169,7 @@ def study_plan(profile: Profile, runs_root: Path) -> list[StudyPoint]:
                 specs.append(("lr", method, variant, mult, 0, {}))
     for method in METHODS:
         paper_cut = cut_names(method)[0]
-        specs += [("bn", method, f"{paper_cut}-unnormalised", 1.0, 0, {}), ("bn", method, f"{paper_cut}-bnlr", 1.0, 0, {})]
+        specs += [("bn", method, f"{paper_cut}-{scope}", 1.0, 0, {}) for scope in ("unnormalised", "bnlr", "normalised")]
     for method in METHODS:
         for variant in ("default", *cut_names(method)):
             specs.append(("seeds", method, variant, 1.0, 1, {}))

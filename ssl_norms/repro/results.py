@@ -176,7 +176,7 @@ def bn_rows(summaries: list[dict[str, Any]], comps: list[dict[str, Any]]) -> lis
     rows = []
     for method, (c, _) in CUTS.items():
         base = find(summaries, method=method, variant="default", lr_mult=1.0, seed=0)
-        for variant in (f"cut{c:g}", f"cut{c:g}-unnormalised", f"cut{c:g}-bnlr"):
+        for variant in (f"cut{c:g}", f"cut{c:g}-unnormalised", f"cut{c:g}-bnlr", f"cut{c:g}-normalised"):
             run = find(summaries, method=method, variant=variant, lr_mult=1.0, seed=0)
             if not (run and base):
                 continue
