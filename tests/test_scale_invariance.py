@@ -35,7 +35,8 @@ def test_scale_invariance_is_real_dividing_a_bn_fed_layer_leaves_the_output_unch
 
 
 @pytest.mark.parametrize("name, group", [
-    ("backbone.conv1.weight", "backbone.stem"), ("backbone.layer3.1.conv2.weight", "backbone.layer3"),
+    ("backbone.conv1.weight", "backbone.stem"), ("backbone.conv1", "backbone.stem"), ("backbone.1.weight", "backbone"),
+    ("backbone.layer3.1.conv2.weight", "backbone.layer3"),
     ("projector.6.weight", "projector"), ("predictor.0.bias", "predictor"),
 ])
 def test_layer_group(name, group):

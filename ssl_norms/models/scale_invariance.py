@@ -80,7 +80,7 @@ def layer_group(name: str) -> str:
     """The group a parameter or module name is reported under: ``backbone.<stage>`` for a ResNet
     stage (``conv1``/``bn1`` are the stem), else the first component (``projector``, ``predictor``)."""
     parts = name.split(".")
-    if parts[0] == "backbone" and len(parts) > 2 and not parts[1].isdigit():  # a named stage, not a Sequential index
+    if parts[0] == "backbone" and len(parts) > 1 and not parts[1].isdigit():  # a named stage, not a Sequential index
         stage = parts[1]
         return f"backbone.{'stem' if stage in ('conv1', 'bn1') else stage}"
     return parts[0]
