@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ssl_norms.repro.__main__ import main as repro
 from ssl_norms.repro.plan import CUT_INIT, GRADSCALE_LR_DIVISOR, cifar10_profile, demo_profile, estimate_seconds, study_plan
 from ssl_norms.repro.results import steps_to_reach, verdict
 from ssl_norms.repro.runner import point_status, print_plan, run_plan, state_dir
@@ -91,23 +92,20 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_demo_study_runs_resumes_and_reports_without_touching_the_runs(tmp_path, monkeypatch):
+def test_demo_study_runs_resumes_and_reports_without_touching_the_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     profile = demo_profile()
     points = study_plan(profile, tmp_path / "runs")
-    run = [sys.executable, "-m", "ssl_norms.repro", "run", "--profile", "demo", "--runs", str(tmp_path / "runs"), "--jobs", "2"]
-    first = subprocess.run([*run, "--limit", "2"], capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "estimated" in first.stdout and [point_status(p) for p in points[:3]] == ["done", "done", "todo"]
-    plan = subprocess.run([*run[:3], "plan", *run[4:]], capture_output=True, text=True, timeout=60)
-    assert "46 points, 2 done; 44 left" in plan.stdout
+    where = ["--profile", "demo", "--runs", str(tmp_path / "runs")]
+    repro(["run", *where, "--jobs", "2", "--limit", "2"])  # each fit is an `ssl-norms fit` subprocess
+    assert "estimated" in capsys.readouterr().out and [point_status(p) for p in points[:3]] == ["done", "done", "todo"]
+    repro(["plan", *where])
+    assert "46 points, 2 done; 44 left" in capsys.readouterr().out
     runs_before = {p.label: tree_hashes(p.fit.run_dir) for p in points[:2]}
     out = tmp_path / "report"
     out.mkdir()
     (out / "REPRODUCTION.md").write_text("<!-- notes:start -->\nhand-written\n<!-- notes:end -->\n")
-    report = subprocess.run([*run[:3], "report", "--profile", "demo", "--runs", str(tmp_path / "runs"), "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
-    assert report.returncode == 0, report.stdout + report.stderr
+    repro(["report", *where, "--out", str(out)])
     assert {p.label: tree_hashes(p.fit.run_dir) for p in points[:2]} == runs_before
     results = json.loads((out / "results.json").read_text())
     assert results["points_done"] == 2 and results["points"] == 46
@@ -117,8 +115,10 @@ def test_demo_study_runs_resumes_and_reports_without_touching_the_runs(tmp_path,
     assert any(key.endswith("/eff_lr") for key in default["weights"])
     [comparison] = results["comparisons"]
     assert comparison["delta"] == pytest.approx(cut["knn_final"] - default["knn_final"])
-    claims = {(c["claim"], c["method"]): c["verdict"] for c in results["claims"]}
-    assert claims[("the embedding norm grows during training (Cor 3.3)", "simclr")] in ("holds", "does not hold at this scale")
+    cut_claim = next(c for c in results["claims"] if c["claim"].startswith("cut-initialisation raises") and c["method"] == "simclr")
+    assert cut_claim["effect"] == pytest.approx(comparison["delta"]) and cut_claim["verdict"] == verdict(comparison["delta"], comparison["se"])
+    assert results["confidence"]["run"] == max((default, cut), key=lambda r: r["knn_final"])["label"]
+    assert len(results["confidence"]["knn_by_norm"]) == 5  # quintiles with standard errors
     text = (out / "REPRODUCTION.md").read_text()
     assert "hand-written" in text and "| simclr | cut3 |" in text and "not run" in text
     assert (out / "knn_curves.png").stat().st_size < 200_000
