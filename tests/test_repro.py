@@ -21,7 +21,8 @@ def test_plan_answers_first_and_builds_every_intervention(tmp_path, capsys):
     points = study_plan(profile, tmp_path)
     assert len(points) == len({p.label for p in points}) == 46
     phases = [p.phase for p in points]
-    assert phases[:6] == ["core"] * 6 and phases.index("lr") < phases.index("bn") < phases.index("seeds") < phases.index("wd")
+    assert phases[:6] == ["core"] * 6
+    assert phases.index("bn") < phases.index("wd") < phases.index("seeds") < phases.index("lr") < phases.index("imbalanced")
     by_label = {p.label: p.fit for p in points}
     cut = by_label["simsiam_cut9_lr1x_seed0"].overrides["trainer.callbacks+"]
     assert cut == {"class_path": CUT_INIT, "init_args": {"c": 9.0}}

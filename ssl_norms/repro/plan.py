@@ -4,17 +4,17 @@ Every point is an ordinary ``ssl-norms fit`` (a :class:`~ssl_norms.sweep.SweepPo
 own CIFAR-10 config, shrunk by the profile's overrides, plus the point's intervention. The plan is
 pure: it reads no run and starts nothing.
 
-Order (each phase is useful on its own):
+Order (each phase is useful on its own; the explanation before the breadth):
 
 1. ``core``: default, the paper's cut (SimCLR c=3, SimSiam c=9) and GradScale p=1, at the base lr;
 2. ``cut``: the other cut constant (SimCLR c=2, SimSiam c=3);
-3. ``lr``: the same four variants at 0.5x and 2x the base lr;
-4. ``bn``: the BN explanation: cut only the layers not followed by normalisation; cut with the lr
+3. ``bn``: the BN explanation: cut only the layers not followed by normalisation; cut with the lr
    of the BN-fed layers divided by c^2; cut only the BN-fed layers (the same function, only their
    effective lr x c^2);
-5. ``seeds``: a second seed of default and both cuts at the base lr;
-6. ``imbalanced``: default, paper cut and GradScale on an exponentially imbalanced training set;
-7. ``wd``: weight decay 0 and 5e-2 next to each method's default (Fig 5).
+4. ``wd``: weight decay 0 and 5e-2 next to each method's default (Fig 5; wd 0 also tests Cor 3.3);
+5. ``seeds``: a second seed of default and both cuts at the base lr (the seed-to-seed noise);
+6. ``lr``: default, both cuts and GradScale at 0.5x and 2x the base lr;
+7. ``imbalanced``: default, paper cut and GradScale on an exponentially imbalanced training set.
 """
 
 from __future__ import annotations
@@ -163,23 +163,22 @@ def study_plan(profile: Profile, runs_root: Path) -> list[StudyPoint]:
             specs.append(("core", method, variant, 1.0, 0, {}))
     for method in METHODS:
         specs.append(("cut", method, cut_names(method)[1], 1.0, 0, {}))
+    for method in METHODS:
+        paper_cut = cut_names(method)[0]
+        specs += [("bn", method, f"{paper_cut}-{scope}", 1.0, 0, {}) for scope in ("unnormalised", "bnlr", "normalised")]
+    for method in METHODS:
+        for wd in FIG5_WEIGHT_DECAYS:
+            specs.append(("wd", method, f"wd{wd:g}", 1.0, 0, {"model.init_args.weight_decay": wd}))
+    for method in METHODS:
+        for variant in ("default", *cut_names(method)):
+            specs.append(("seeds", method, variant, 1.0, 1, {}))
     for mult in LR_MULTS[1:]:
         for method in METHODS:
             for variant in ("default", *cut_names(method), "gradscale"):
                 specs.append(("lr", method, variant, mult, 0, {}))
     for method in METHODS:
-        paper_cut = cut_names(method)[0]
-        specs += [("bn", method, f"{paper_cut}-{scope}", 1.0, 0, {}) for scope in ("unnormalised", "bnlr", "normalised")]
-    for method in METHODS:
-        for variant in ("default", *cut_names(method)):
-            specs.append(("seeds", method, variant, 1.0, 1, {}))
-    for method in METHODS:
         for variant in ("default", cut_names(method)[0], "gradscale"):
             specs.append(("imbalanced", method, f"imbalanced-{variant}", 1.0, 0, {"data.init_args.imbalance": profile.imbalance}))
-    for method in METHODS:
-        for wd in FIG5_WEIGHT_DECAYS:
-            specs.append(("wd", method, f"wd{wd:g}", 1.0, 0, {"model.init_args.weight_decay": wd}))
-
     points = []
     for index, (phase, method, variant, mult, seed, extra) in enumerate(specs):
         base_variant = variant.removeprefix("imbalanced-") if variant.startswith("imbalanced-") else (
