@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,10 @@ def launch_fit(point: StudyPoint, cores: set[int], log: Path) -> subprocess.Pope
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_plan(
     points: Sequence[StudyPoint], profile: Profile, jobs: int = 1, *, retry_failed: bool = False, limit: int | None = None,
     launch: Callable[[StudyPoint, set[int], Path], subprocess.Popen] = launch_fit, poll_s: float = 2.0,
@@ -108,6 +113,7 @@ def run_plan(
     running: dict[int, tuple[StudyPoint, subprocess.Popen, Callable[[], None], float]] = {}
     queue = [p for p in points if point_status(p) not in ("done", "running") and (retry_failed or point_status(p) != "failed")]
     started, results, began = 0, {}, time.time()
+    signal.signal(signal.SIGTERM, _stop)  # kill/scancel: stop our fits too (below), not only the runner
     pace: list[float] = []  # measured / estimated seconds of the points finished in this call
     try:
         while queue or running:
