@@ -83,6 +83,8 @@ def test_runner_resumes_without_rerunning_and_skips_points_claimed_elsewhere(tmp
         holder.wait()
     assert point_status(points[2]) == "todo"  # its holder is gone
     again = exits(0)
+    run_plan(points, profile, 1, launch=again, poll_s=0.05, skip=[points[2].label[:8] + "*"])
+    assert again.launched == []  # skipped by pattern
     run_plan(points, profile, 1, launch=again, poll_s=0.05)
     assert again.launched == [points[2].label]  # failed points wait for retry_failed
     run_plan(points, profile, 1, retry_failed=True, launch=again, poll_s=0.05)

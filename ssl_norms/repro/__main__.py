@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default=None, help="runs root (default $SSL_NORMS_RUNS or ./runs); points go to RUNS/cpu-scale-<profile>/")
     parser.add_argument("--limit", type=int, default=None, help="run: start at most this many points")
     parser.add_argument("--retry-failed", action="store_true", help="run: also retry points whose fit failed")
+    parser.add_argument("--skip", nargs="*", default=[], metavar="PATTERN", help="run: leave out points whose label matches (shell patterns)")
     parser.add_argument("--out", default=".", help="report: where REPRODUCTION.md, results.json and figures go")
     args = parser.parse_args(argv)
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.action == "run":
         from ssl_norms.repro.runner import run_plan
 
-        results = run_plan(points, profile, args.jobs, retry_failed=args.retry_failed, limit=args.limit)
+        results = run_plan(points, profile, args.jobs, retry_failed=args.retry_failed, limit=args.limit, skip=args.skip)
         failed = [label for label, status in results.items() if status == "failed"]
         if failed:
             raise SystemExit(f"{len(failed)} point(s) failed: {', '.join(failed)} (logs in {points[0].fit.run_dir.parent}/.repro/)")

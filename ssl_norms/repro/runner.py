@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 
 from ssl_norms.repro.plan import Profile, StudyPoint, estimate_seconds
@@ -101,17 +102,21 @@ def _stop(signum: int, frame: object) -> None:
 
 def run_plan(
     points: Sequence[StudyPoint], profile: Profile, jobs: int = 1, *, retry_failed: bool = False, limit: int | None = None,
+    skip: Sequence[str] = (),
     launch: Callable[[StudyPoint, set[int], Path], subprocess.Popen] = launch_fit, poll_s: float = 2.0,
 ) -> dict[str, str]:
     """Run every point not done, ``jobs`` at a time, in plan order; returns ``{label: status}`` of the
-    points this call ran. ``limit`` stops after starting that many points (tests, partial sessions)."""
+    points this call ran. ``limit`` stops after starting that many points (tests, partial sessions);
+    ``skip`` leaves out the points whose label matches one of its shell patterns (the report shows
+    them as not run)."""
     from ssl_norms.runs import RunError, acquire_lock
 
     print_plan(points, profile, jobs)
     slots = core_sets(jobs)
     free = list(range(jobs))
     running: dict[int, tuple[StudyPoint, subprocess.Popen, Callable[[], None], float]] = {}
-    queue = [p for p in points if point_status(p) not in ("done", "running") and (retry_failed or point_status(p) != "failed")]
+    queue = [p for p in points if point_status(p) not in ("done", "running") and (retry_failed or point_status(p) != "failed")
+             and not any(fnmatch(p.label, pattern) for pattern in skip)]
     started, results, began = 0, {}, time.time()
     signal.signal(signal.SIGTERM, _stop)  # kill/scancel: stop our fits too (below), not only the runner
     pace: list[float] = []  # measured / estimated seconds of the points finished in this call
