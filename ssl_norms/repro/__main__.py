@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default=None, help="runs root (default $SSL_NORMS_RUNS or ./runs); points go to RUNS/cpu-scale-<profile>/")
     parser.add_argument("--limit", type=int, default=None, help="run: start at most this many points")
     parser.add_argument("--retry-failed", action="store_true", help="run: also retry points whose fit failed")
-    parser.add_argument("--skip", nargs="*", default=[], metavar="PATTERN", help="run: leave out points whose label matches (shell patterns)")
+    parser.add_argument("--skip", nargs="*", default=[], metavar="PATTERN", help="plan, run: leave out points whose label matches (shell patterns)")
     parser.add_argument("--out", default=".", help="report: where REPRODUCTION.md, results.json and figures go")
     args = parser.parse_args(argv)
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.action == "plan":
         from ssl_norms.repro.runner import print_plan
 
-        print_plan(points, profile, args.jobs)
+        print_plan(points, profile, args.jobs, args.skip)
     elif args.action == "run":
         from ssl_norms.repro.runner import run_plan
 

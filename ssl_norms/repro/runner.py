@@ -60,18 +60,22 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def print_plan(points: Sequence[StudyPoint], profile: Profile, jobs: int) -> float:
-    """The plan table and the estimated wall time of what is left; returns that estimate (seconds)."""
+def print_plan(points: Sequence[StudyPoint], profile: Profile, jobs: int, skip: Sequence[str] = ()) -> float:
+    """The plan table and the estimated wall time of what is left (``skip`` patterns left out);
+    returns that estimate (seconds)."""
     left = 0.0
     print(f"{'#':>3}  {'phase':<10} {'point':<42} {'status':<8} {'estimate':>8}")
     for point in points:
         status = point_status(point)
+        if status != "done" and any(fnmatch(point.label, pattern) for pattern in skip):
+            status = "skipped"
         seconds = estimate_seconds(point, profile, jobs)
-        left += 0 if status == "done" else seconds
+        left += 0 if status in ("done", "skipped") else seconds
         print(f"{point.fit.index:>3}  {point.phase:<10} {point.label:<42} {status:<8} {minutes(seconds):>8}")
     done = sum(point_status(p) == "done" for p in points)
     wall = left / jobs
-    print(f"profile {profile.name}: {len(points)} points, {done} done; {len(points) - done} left, "
+    skipped = f" ({sum(any(fnmatch(p.label, pat) for pat in skip) for p in points if point_status(p) != 'done')} skipped)" if skip else ""
+    print(f"profile {profile.name}: {len(points)} points, {done} done; {len(points) - done} left{skipped}, "
           f"estimated {minutes(wall)} with {jobs} at a time ({profile.train_images} images x {profile.epochs} epochs each)",
           flush=True)
     return wall
@@ -111,7 +115,7 @@ def run_plan(
     them as not run)."""
     from ssl_norms.runs import RunError, acquire_lock
 
-    print_plan(points, profile, jobs)
+    print_plan(points, profile, jobs, skip)
     slots = core_sets(jobs)
     free = list(range(jobs))
     running: dict[int, tuple[StudyPoint, subprocess.Popen, Callable[[], None], float]] = {}
