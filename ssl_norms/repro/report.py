@@ -76,6 +76,23 @@ def confidence_study(best: dict[str, Any], run_dir: Path, out: Path) -> dict[str
     return result
 
 
+def knn_at_init(run_dir: Path) -> float:
+    """k-NN top-1 (k=200, T=0.1, backbone features) of the run's architecture at its seed's
+    initialisation, on the run's own bank and test images: the level training has to beat."""
+    import lightning as L
+
+    from ssl_norms.analysis.loading import TrainedRun, _import, load_datamodule, read_run_config
+    from ssl_norms.eval import knn_predict
+
+    config = read_run_config(run_dir / "config.yaml")
+    L.seed_everything(config.get("seed_everything") or 0, verbose=False)
+    model = _import(config["model"]["class_path"])(**config["model"]["init_args"])
+    run = TrainedRun(model, load_datamodule(config, num_workers=0))
+    train, test = run.embeddings("train"), run.embeddings("test")
+    predicted = knn_predict(train["features"], train["labels"], test["features"], run.datamodule.num_classes)
+    return (predicted == test["labels"]).double().mean().item()
+
+
 def confidence_claims(conf: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, label in (("cifar10_test", "test images have lower norms than training images (Fig 3)"),
@@ -116,6 +133,8 @@ def figures(data: dict[str, Any], out: Path) -> list[Path]:
             for run in _runs(data, method=method, variant=variant, lr_mult=1.0, seed=0):
                 steps, knn = zip(*run["knn_curve"])
                 ax.plot(steps, knn, "o-", color=color, ms=3, label=variant)
+        if method in data.get("knn_at_init", {}):
+            ax.axhline(data["knn_at_init"][method], color="grey", ls="--", lw=1, label="untrained")
         ax.set(title=f"{method}: k-NN at the base lr", xlabel="optimizer step", ylabel="k-NN top-1")
         _legend(ax, 7)
     paths.append(save_figure(fig, out / "knn_curves.png", DPI))
@@ -186,7 +205,9 @@ def _pct(value: float | None, se: float | None = None) -> str:
 def tables(data: dict[str, Any]) -> str:
     lines = []
     comps = {c["run"]: c for c in data["comparisons"]}
+    init = ", ".join(f"{m} {100 * v:.1f}" for m, v in data.get("knn_at_init", {}).items())
     lines += ["## Final k-NN top-1 (%, +- binomial SE) by lr", "",
+              f"The untrained networks (seed 0) score {init or 'not measured'}: the level training has to beat.", "",
               "| method | variant | " + " | ".join(f"lr {m:g}x" for m in sorted(LR_MULTS)) + " | vs default at 1x (points) |",
               "|---|---|" + "---|" * (len(LR_MULTS) + 1)]
     for method in CUTS:
@@ -325,7 +346,12 @@ def write_report(points: Sequence[StudyPoint], profile: Profile, out: Path, conf
     """Collect, analyse the best checkpoint, draw, write ``results.json`` and ``REPRODUCTION.md`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = collect(points, profile)
+    knn_init = {}
+    for method in CUTS:  # the untrained network's k-NN, per method (seed 0)
+        run = next((p for p in points if p.method == method and p.variant == "default" and p.lr_mult == 1.0 and p.seed == 0), None)
+        if run and (run.fit.run_dir / "config.yaml").is_file():
+            knn_init[method] = knn_at_init(run.fit.run_dir)
+    data = collect(points, profile, knn_init)
     balanced = [r for r in data["runs"] if r.get("knn_final") is not None and r["phase"] in ("core", "cut", "lr") and r["seed"] == 0]
     if confidence and balanced:
         best = max(balanced, key=lambda r: r["knn_final"])

@@ -131,8 +131,10 @@ def best_over_lr(summaries: list[dict[str, Any]], method: str, variants: Sequenc
     return max(runs, key=lambda s: s["knn_final"]) if runs else None
 
 
-def claim_rows(summaries: list[dict[str, Any]], comps: list[dict[str, Any]], seed_var: float | None) -> list[dict[str, Any]]:
-    """One row per (claim, method): the measured effect, its SE and the verdict."""
+def claim_rows(summaries: list[dict[str, Any]], comps: list[dict[str, Any]], seed_var: float | None,
+               knn_init: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per (claim, method): the measured effect, its SE and the verdict. ``knn_init``:
+    k-NN of each method's untrained network, the baseline of the sanity row."""
     rows = []
 
     def add(claim: str, method: str, delta: float | None, se: float | None, evidence: str, expected_sign: int = 1) -> None:
@@ -143,9 +145,10 @@ def claim_rows(summaries: list[dict[str, Any]], comps: list[dict[str, Any]], see
         cuts = [f"cut{c:g}" for c in CUTS[method]]
         base = find(summaries, method=method, variant="default", lr_mult=1.0, seed=0)
         if base:  # a method that does not learn at this scale cannot show a speed-up
-            gain, se = base["knn_final"] - base["knn_first"], math.hypot(base["knn_se"], binomial_se(base["knn_first"], base["n_val"]))
-            add("sanity: the default run learns at this scale (k-NN gain from the first to the last evaluation)", method, gain, se,
-                f"{base['label']}: {100 * base['knn_first']:.1f} -> {100 * base['knn_final']:.1f}")
+            start, where = (knn_init[method], "the untrained network") if method in knn_init else (base["knn_first"], "the first evaluation")
+            gain, se = base["knn_final"] - start, math.hypot(base["knn_se"], binomial_se(start, base["n_val"]))
+            add(f"sanity: the default run learns at this scale (k-NN gain over {where})", method, gain, se,
+                f"{base['label']}: {100 * start:.1f} -> {100 * base['knn_final']:.1f}")
         for name, variants in (("cut-initialisation raises k-NN at a fixed step budget (Tables 1-2)", cuts),
                                ("GradScale p=1 raises k-NN at a fixed step budget (Tables 1-2)", ["gradscale"])):
             at_base = [c for c in comps if c["method"] == method and c["variant"] in variants and c["lr_mult"] == 1.0 and c["seed"] == 0]
@@ -224,8 +227,8 @@ def bn_claims(bn: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def collect(points: Sequence[StudyPoint], profile: Profile) -> dict[str, Any]:
-    """Everything ``results.json`` holds."""
+def collect(points: Sequence[StudyPoint], profile: Profile, knn_init: dict[str, float] | None = None) -> dict[str, Any]:
+    """Everything ``results.json`` holds (``knn_init``: k-NN of each method's untrained network)."""
     summaries = [point_summary(p, profile) for p in points]
     seed_var, seed_pairs = seed_variance(summaries)
     comps = comparisons(summaries, seed_var)
@@ -237,5 +240,6 @@ def collect(points: Sequence[StudyPoint], profile: Profile) -> dict[str, Any]:
         "points_done": sum(s["status"] == "done" for s in summaries), "points": len(summaries),
         "seed_variance": seed_var, "seed_pairs": seed_pairs,
         "runs": summaries, "comparisons": comps, "bn_explanation": bn,
-        "claims": claim_rows(summaries, comps, seed_var) + bn_claims(bn),
+        "knn_at_init": knn_init or {},
+        "claims": claim_rows(summaries, comps, seed_var, knn_init or {}) + bn_claims(bn),
     }
