@@ -61,8 +61,9 @@ from ssl_norms.hardware import default_precision
 from ssl_norms.lightning_compat import drop_unset_wandb_anonymous
 from ssl_norms.methods import SSLMethod
 from ssl_norms.resume import ApplyResumeChanges, check_parameters, compare_with_checkpoint, describe_changes, plain
+from ssl_norms.run_hooks import AtomicCheckpointIO, RecordStart, RunStart
 from ssl_norms.runs import (
-    CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, AtomicCheckpointIO, RecordStart, RunStart, acquire_lock,
+    CHECKPOINT_DIR, RUN_DIR_ENV, RUNS_ENV, acquire_lock,
     create_unique_dir, drop_held_notes, evaluation_target, experiment_name, fit_checkpoint, fit_run_dir, hold_notes,
     is_first_process, make_dir, missing_dirs, note, remove_empty_dirs, run_data_config, run_precision, runs_root, timestamp,
 )

@@ -115,12 +115,11 @@ def add_options(parser: ArgumentParser, function: Callable[..., Any], *options_f
     for position, source in enumerate((function, *options_from)):
         bound = source.keywords if isinstance(source, functools.partial) else {}
         source = source.func if isinstance(source, functools.partial) else source
-        hints, docs = typing.get_type_hints(source), _parameter_docs(source)
-        for param in inspect.signature(source).parameters.values():
-            if param.name in (*INJECTED, *bound) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            if position > 0 and param.kind is not param.KEYWORD_ONLY:
-                continue
+        params = [param for param in inspect.signature(source).parameters.values()
+                  if param.name not in (*INJECTED, *bound) and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+                  and (position == 0 or param.kind is param.KEYWORD_ONLY)]
+        hints, docs = _type_hints(source, [param.name for param in params]), _parameter_docs(source)
+        for param in params:
             if param.name in defaults:
                 if defaults[param.name] != param.default:
                     raise TypeError(f"option {param.name} of {source.__qualname__} has another default elsewhere")
@@ -186,6 +185,15 @@ def _list_element(hint: Any) -> Any:
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return args[0]
     return None
+
+
+def _type_hints(function: Callable[..., Any], names: Sequence[str]) -> dict[str, Any]:
+    """The evaluated annotations of ``function``'s parameters ``names`` only: the others may name a
+    type imported for type checking only (an analysis's ``run: TrainedRun``), so that a parser is
+    built without importing torch."""
+    function = inspect.unwrap(function)
+    wanted = {name: hint for name, hint in function.__annotations__.items() if name in names}
+    return typing.get_type_hints(types.SimpleNamespace(__annotations__=wanted), function.__globals__)
 
 
 def _parameter_docs(function: Callable[..., Any]) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_norms.bad_input import UsageError
-from ssl_norms.runs import AtomicCheckpointIO, write_atomically
+from ssl_norms.runs import write_atomically
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
@@ -44,6 +44,7 @@ def export(*, ckpt: Path, out: Path, force: bool = False) -> Path:
         force: replace existing output files
     """
     from ssl_norms.analysis.loading import checkpoint_path, load_model  # weights_only loading, plain data only
+    from ssl_norms.run_hooks import AtomicCheckpointIO
 
     source = checkpoint_path(ckpt)
     recipe_path = out.with_suffix(".json")

@@ -13,17 +13,21 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ssl_norms.wandb_setup import DEFAULT_PROJECT, attach_kwargs, wandb_logger_args
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn, so a command's --help does not load it
+    from matplotlib.figure import Figure
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, width: float = 5.5, height: float = 4.2, **subplots: Any) -> tuple[Figure, list]:
     """A headless figure (no pyplot state) and its axes as a flat list; ``width``/``height`` are
     per panel, ``subplots`` go to :meth:`Figure.subplots` (e.g. ``gridspec_kw``)."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplots)
     return fig, [ax for row in axes for ax in row]
@@ -181,6 +185,8 @@ def training_curves_figure(source: str | Path | list[dict[str, float]], log_x: b
     curves = training_curves(source)
     class_set, class_curves = class_norm_curves(source)
     if class_curves:  # a fifth panel, as tall as the figure, to the right
+        from matplotlib.figure import Figure
+
         fig = Figure(figsize=(15.0, 8.0), layout="constrained")
         panels = fig.subplot_mosaic([["norm", "knn", "class"], ["loss", "lr", "class"]])
         axes = [panels[name] for name in ("norm", "knn", "loss", "lr", "class")]

@@ -17,12 +17,15 @@ A run directory holds one training run: ``metrics.csv``, ``config.yaml``, ``hpar
   (``torch.load(weights_only=True)``): a checkpoint cannot run code.
 * ``run_record.yaml`` lists every start of the run: command, time, host, the checkpoint and step it
   continued from, and the settings it changed (see :mod:`ssl_norms.resume`). An entry is written when
-  the run starts (:class:`RecordStart`), so a command refused before leaves none.
+  the run starts (``RecordStart``), so a command refused before leaves none.
+
+This module imports neither torch nor Lightning, so that a command's ``--help`` can use it; the
+Lightning parts (:class:`~ssl_norms.run_hooks.AtomicCheckpointIO`, :class:`~ssl_norms.run_hooks.RecordStart`)
+live in :mod:`ssl_norms.run_hooks`.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -35,10 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import yaml
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback
 
 RUNS_ENV = "SSL_NORMS_RUNS"
 RUN_DIR_ENV = "SSL_NORMS_RUN_DIR"  # set by the launching process so DDP children share the run dir
@@ -231,6 +231,8 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     path = Path(path)
     if not path.is_file():
         raise RunError(f"no checkpoint file at {path}" + (" (a directory: pass a .ckpt file in it)" if path.is_dir() else ""))
+    import torch
+
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises many types for a damaged file; each becomes one line
@@ -271,40 +273,6 @@ def newest_run(experiment_dir: Path) -> Path | None:
     runs = [(max(f.stat().st_mtime_ns for f in files), run) for run in experiment_dir.iterdir()
             if run.is_dir() and (files := checkpoint_files(run))]
     return max(runs)[1] if runs else None
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO, with two guarantees: a save replaces the file in one step (temporary
-    file in the same directory, fsync, rename; Lightning's own stages it in the system temp dir and
-    copies it across file systems), and every load is ``weights_only=True``."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} does not take storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(temp, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-        except (OSError, RuntimeError) as err:
-            cause = err if isinstance(err, OSError) else err.__context__  # torch's zip writer wraps the OSError
-            if not isinstance(cause, OSError):
-                raise
-            kept = f"the previous {path.name} is intact" if path.exists() else "no earlier checkpoint of that name exists"
-            what = "disk full" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else cause.strerror or str(cause)
-            raise CheckpointSaveError(f"could not save checkpoint {path} ({what}); {kept}") from err
-        finally:
-            temp.unlink(missing_ok=True)
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        try:
-            return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
-        except Exception as err:  # as read_checkpoint: one line for any damaged or refused file
-            raise RunError(load_error(Path(path), err)) from None
 
 
 # ---- one writer per run ------------------------------------------------------------------------
@@ -409,40 +377,6 @@ def record_start(run_dir: Path, command: str, checkpoint: CheckpointInfo | None,
     write_atomically(path, yaml.safe_dump(record, sort_keys=False))
 
 
-class RunStart(Callback):
-    """Calls ``start(trainer)`` once, when the run starts: data loaded, model and optimizer set up,
-    checkpoint restored (``on_fit_start``; ``on_<stage>_start`` for validate/test/predict). What a
-    command writes there, a command that fails before never writes."""
-
-    _started = False
-
-    def start(self, trainer: Any) -> None:
-        raise NotImplementedError
-
-    def _once(self, trainer: Any) -> None:
-        if not self._started:
-            self._started = True
-            self.start(trainer)
-
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self._once(trainer)
-
-    on_validation_start = on_test_start = on_predict_start = on_fit_start
-
-
-class RecordStart(RunStart):
-    """When the run starts: append this start to the run record and show the notes held since the
-    command began."""
-
-    def __init__(self, run_dir: Path, command: str, checkpoint: CheckpointInfo | None, changes: dict[str, Any]) -> None:
-        self.run_dir, self.command, self.checkpoint, self.changes = run_dir, command, checkpoint, changes
-
-    def start(self, trainer: Any) -> None:
-        show_held_notes()
-        if trainer.is_global_zero:
-            record_start(self.run_dir, self.command, self.checkpoint, self.changes)
-
-
 def holds_checkpoints(run_dir: Path) -> bool:
     return run_dir.is_dir() and bool(checkpoint_files(run_dir))
 
@@ -543,3 +477,4 @@ def evaluation_target(cfg: Any, run_dir_arg: str | None, ckpt_arg: str | None) -
         raise RunError(f"no checkpoint in {run} (looked for {CHECKPOINT_DIR}/*.ckpt and hpc_ckpt_*.ckpt)")
     note(f"evaluating {checkpoint.path} (global step {checkpoint.global_step})")
     return run, checkpoint
+

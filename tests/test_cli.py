@@ -115,9 +115,16 @@ def entry_point(args: list[str], cwd, timeout: float = 300) -> tuple[subprocess.
     return done, time.perf_counter() - start
 
 
-@pytest.mark.parametrize("args, code", [
+# --help and argument errors of every project command: (words, exit code)
+LIGHT_CALLS = [
     (["--help"], 0), (["sweep", "--help"], 0), (["sweep", "--bogus"], 2), (["slurm", "array", "--bogus"], 2), (["trian"], 2),
-])
+    (["analyze", "--help"], 0), (["analyze", "novelty", "--help"], 0), (["analyze", "--bogus"], 2),
+    (["simulate", "--help"], 0), (["simulate", "fig2a", "--help"], 0), (["simulate", "fig2a", "--bogus"], 2),
+    (["compare", "--help"], 0), (["compare", "--bogus"], 2), (["export", "--help"], 0), (["export", "--bogus"], 2),
+]
+
+
+@pytest.mark.parametrize("args, code", LIGHT_CALLS)
 def test_help_and_argument_errors_answer_fast(tmp_path, args, code):
     # 3 s: generous for a loaded machine; the same commands took 6-8 s when every command imported Lightning
     done, seconds = entry_point(args, tmp_path, timeout=60)
@@ -129,7 +136,7 @@ def test_help_and_argument_errors_answer_fast(tmp_path, args, code):
 def test_help_and_argument_errors_import_neither_torch_nor_lightning(tmp_path):
     script = (
         "import sys\nfrom ssl_norms.main import main\n"
-        "for words in (['--help'], ['sweep', '--help'], ['sweep', '--bogus'], ['slurm', 'array', '--bogus'], ['trian']):\n"
+        f"for words in {[words for words, _ in LIGHT_CALLS]!r}:\n"
         "    try:\n        main(words)\n    except SystemExit:\n        pass\n"
         "print('heavy:', sorted(m for m in ('torch', 'lightning', 'wandb', 'matplotlib', 'scipy', 'timm') if m in sys.modules))\n"
     )

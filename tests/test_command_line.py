@@ -6,11 +6,15 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from jsonargparse import ArgumentError
 
 from ssl_norms.command_line import Member, Subcommands, run
+
+if TYPE_CHECKING:
+    from ssl_norms.analysis.loading import TrainedRun
 
 
 def plot(
@@ -101,3 +105,14 @@ def test_an_option_with_two_defaults_is_a_programming_error():
 
     with pytest.raises(TypeError, match="option k of .*gamma has another default"):
         run(Subcommands({"g": Member(shared, (alpha, gamma))}), "x", "", ["g", "n"])
+
+
+def study(run: TrainedRun, out_dir: Path, *, bins: int = 10) -> None:
+    """Study a run (as an analysis: its first parameter's type is imported for type checking only)."""
+
+
+def test_only_the_options_annotations_are_evaluated():
+    command = Subcommands({"s": Member(functools.partial(shared, name="s"), (study,))})
+    assert run(command, "x", "", ["s", "--bins", "5"]) == ("s", "o", {"bins": 5})
+    with pytest.raises(ArgumentError, match="bins"):
+        run(command, "x", "", ["s", "--bins", "many"])

@@ -27,7 +27,7 @@ PACKAGE = REPO / "ssl_norms"
 BOTTOM = ("ssl_norms.losses", "ssl_norms.models", "ssl_norms.grad_scale", "ssl_norms.distributed", "ssl_norms.contract")
 # Helpers every layer may use; they import nothing but the bottom layer and each other.
 NEUTRAL = ("ssl_norms.eval", "ssl_norms.figures", "ssl_norms.threads", "ssl_norms.lightning_compat", "ssl_norms.wandb_setup",
-           "ssl_norms.command_line", "ssl_norms.runs", "ssl_norms.hardware")
+           "ssl_norms.command_line", "ssl_norms.runs", "ssl_norms.run_hooks", "ssl_norms.hardware")
 # The command line: the entry point and the commands it dispatches to.
 CLI = ("ssl_norms.main", "ssl_norms.cli", "ssl_norms.commands", "ssl_norms.sweep", "ssl_norms.slurm", "ssl_norms.resume")
 

@@ -29,7 +29,8 @@ from conftest import TINY_DEMO, read_metrics_csv
 from ssl_norms import runs
 from ssl_norms.cli import main, run_lightning_cli
 from ssl_norms.loggers import read_complete_rows
-from ssl_norms.runs import AtomicCheckpointIO, CheckpointSaveError, RunError, acquire_lock, newest_checkpoint
+from ssl_norms.run_hooks import AtomicCheckpointIO
+from ssl_norms.runs import CheckpointSaveError, RunError, acquire_lock, newest_checkpoint
 
 STEPS_PER_EPOCH = 8  # TINY_DEMO: 512 samples / batch 64; two epochs -> global step 16
 
@@ -393,7 +394,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_good_one(run, capsys, monk
         handle.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs.torch, "save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)
     code, line = cli_error(["fit", *TINY_DEMO, "--trainer.max_epochs", "3", "--run_dir", str(run), "--ckpt_path", "last"], capsys)
     assert code == 1
     assert line == f"ssl-norms: error: could not save checkpoint {run / 'checkpoints' / 'last.ckpt'} (disk full); the previous last.ckpt is intact"
@@ -412,7 +413,7 @@ def test_atomic_checkpoint_io_replaces_or_keeps(tmp_path, monkeypatch):
         handle.write(b"cut")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs.torch, "save", killed_mid_write)
+    monkeypatch.setattr(torch, "save", killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"global_step": 3}, path)
     assert io.load_checkpoint(path)["global_step"] == 2 and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
@@ -420,7 +421,7 @@ def test_atomic_checkpoint_io_replaces_or_keeps(tmp_path, monkeypatch):
     def io_error(obj, handle):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(runs.torch, "save", io_error)
+    monkeypatch.setattr(torch, "save", io_error)
     with pytest.raises(CheckpointSaveError, match=r"\(Input/output error\); the previous last.ckpt is intact"):
         io.save_checkpoint({"global_step": 3}, path)
 

@@ -21,7 +21,8 @@ from ssl_norms import runs
 from ssl_norms.analysis.human_labels import load_noisy_labels
 from ssl_norms.analysis.loading import TrainedRun, load_model
 from ssl_norms.cli import run_lightning_cli
-from ssl_norms.runs import AtomicCheckpointIO, RunError, newest_checkpoint, read_checkpoint
+from ssl_norms.run_hooks import AtomicCheckpointIO
+from ssl_norms.runs import RunError, newest_checkpoint, read_checkpoint
 from test_run_records import assert_one_line_error, cli_error, cli_subprocess, file_hashes
 
 DEMO_CONFIG = {

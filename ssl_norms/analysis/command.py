@@ -14,18 +14,20 @@ from __future__ import annotations
 import functools
 import inspect
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ssl_norms.analysis.confidence import entropy_by_norm, extremes, human_agreement_by_norm, knn_by_norm
 from ssl_norms.analysis.curves import training_curves
-from ssl_norms.analysis.loading import TrainedRun, checkpoint_path, run_dir_of
 from ssl_norms.analysis.novelty import novelty
 from ssl_norms.analysis.opposite_pairs import opposite_pairs
 from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
 from ssl_norms.command_line import Member, Subcommands
 from ssl_norms.figures import WandbFigures
-from ssl_norms.runs import RUN_FILES, create_unique_dir, timestamp
+from ssl_norms.runs import RUN_FILES, create_unique_dir, run_dir_of, timestamp
 from ssl_norms.wandb_setup import existing_run_id
+
+if TYPE_CHECKING:  # loading a run needs torch: imported when an analysis runs, not for --help
+    from ssl_norms.analysis.loading import TrainedRun
 
 # name -> (function, aliases); the help line is the first line of the function's docstring
 ANALYSES: dict[str, tuple[Callable[..., AnalysisResult], tuple[str, ...]]] = {
@@ -106,6 +108,8 @@ def analyze(
         seed: seed of subsets and augmentations
         wandb: log the PNGs to the run's W&B run (default: when the run used W&B)
     """
+    from ssl_norms.analysis.loading import TrainedRun, checkpoint_path
+
     run = None
     if out is not None and any((out / marker).exists() for marker in RUN_FILES):
         raise ValueError(f"--out {out} is a run directory: analyses never write among a run's files; "

@@ -7,10 +7,7 @@ Norms are normalised by the largest norm of the dataset and cut into buckets of 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Literal
 
 from ssl_norms.analysis.human_labels import (
     CIFAR10H_FOLDERS,
@@ -25,10 +22,13 @@ from ssl_norms.analysis.human_labels import (
     original_train_indices,
     storage_format,
 )
-from ssl_norms.analysis.loading import TrainedRun
 from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
-from ssl_norms.eval import knn_predict_leave_one_out
 from ssl_norms.figures import new_figure, save_figure, write_csv, write_json, write_samples
+
+if TYPE_CHECKING:  # torch is imported by the functions that compute, so `analyze --help` does without it
+    from torch import Tensor
+
+    from ssl_norms.analysis.loading import TrainedRun
 
 Space = Literal["embeddings", "features", "projector"]
 # embedding = loss space; projector = the projector output (the released code's Fig 4 space)
@@ -143,6 +143,8 @@ def knn_by_norm(
         min_count: plot buckets with more than this many images
         leave_one_out: exclude each image from its own neighbours (false: the released notebook)
     """
+    from ssl_norms.eval import knn_predict_leave_one_out
+
     _check_space(space)
     _check_space(knn_space)
     embedded = run.embeddings(split)
@@ -250,6 +252,8 @@ def entropy_by_norm(
 def extreme_indices(norms: Tensor, labels: Tensor, num_classes: int, per_class: int = 10) -> dict[str, list[list[int]]]:
     """Row positions of the ``per_class`` highest-norm (descending) and lowest-norm (ascending)
     items of every class."""
+    import torch
+
     highest, lowest = [], []
     for c in range(num_classes):
         members = torch.nonzero(labels == c).flatten()
@@ -261,6 +265,8 @@ def extreme_indices(norms: Tensor, labels: Tensor, num_classes: int, per_class: 
 
 def _display_image(image: Tensor, mean: Any, std: Any) -> Tensor:
     """A normalised image back in [0, 1] for display."""
+    import torch
+
     image = image.float()
     if mean is not None and std is not None and image.shape[0] == len(mean):
         image = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
@@ -281,6 +287,7 @@ def extremes(
         space: norm of the loss-space ``embeddings`` or of the backbone ``features``
         per_class: images per class and extreme
     """
+    import torch
     from torchvision.utils import make_grid
 
     _check_space(space)

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from ssl_norms.analysis.output import AnalysisUnavailable
-from ssl_norms.data.base import SSLDataModule
 from ssl_norms.runs import load_error
+
+if TYPE_CHECKING:  # torch is imported by the functions that compute, so `analyze --help` does without it
+    from torch import Tensor
+
+    from ssl_norms.data.base import SSLDataModule
 
 # num_classes -> (CIFAR-N file, the human label compared with clean_label)
 NOISY_LABEL_FILES = {10: ("CIFAR-10_human.pt", "aggre_label"), 100: ("CIFAR-100_human.pt", "noisy_label")}
@@ -49,6 +52,8 @@ def find_file(root: Path, folders: tuple[str, ...], name: str, what: str, option
 
 def load_noisy_labels(path: Path, key: str) -> tuple[Tensor, Tensor]:
     """(clean_label, ``key`` label) of a CIFAR-N ``*_human.pt`` file, both of length 50,000."""
+    import torch
+
     try:  # plain data only: numpy arrays are allowed, nothing that could run code
         with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
             table = torch.load(path, map_location="cpu", weights_only=True)
@@ -66,6 +71,8 @@ def original_train_indices(index: Tensor, labels: Tensor, clean_labels: Tensor, 
 
     Raises when the join is impossible or inconsistent (a sample's label differs from the clean label
     at its original position)."""
+    import torch
+
     if storage == "torchvision":
         original = index.long()
     elif num_classes == 10:
@@ -89,6 +96,8 @@ def original_train_indices(index: Tensor, labels: Tensor, clean_labels: Tensor, 
 
 def load_cifar10h(path: Path) -> Tensor:
     """CIFAR-10H label distributions (10,000 x 10, rows sum to 1) in the original test order."""
+    import torch
+
     probs = torch.as_tensor(np.load(path)).double()
     if probs.ndim != 2 or probs.shape[1] != 10:
         raise ValueError(f"{path}: expected an (N, 10) array of label distributions, got {tuple(probs.shape)}")
@@ -99,6 +108,8 @@ def load_cifar10h(path: Path) -> Tensor:
 
 def entropy_bits(probs: Tensor) -> Tensor:
     """Shannon entropy (base 2) of each row; 0 log 0 = 0."""
+    import torch
+
     return torch.special.entr(probs).sum(dim=1) / math.log(2)
 
 

@@ -5,17 +5,15 @@ paper; scores and metrics: :mod:`ssl_norms.confidence`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from torch import Tensor
-
-from ssl_norms.analysis.loading import TrainedRun, embed_dataset, limit_samples
 from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
-from ssl_norms.confidence import NormConfidence, detection_metrics, max_softmax_novelty, norm_auroc
-from ssl_norms.data.eval_sets import canonical_eval_set_name
-from ssl_norms.eval import fit_linear_classifier, topk_accuracy
 from ssl_norms.figures import new_figure, save_figure, write_csv, write_json, write_samples
+
+if TYPE_CHECKING:  # torch is imported by the functions that compute, so `analyze --help` does without it
+    from torch import Tensor
+
+    from ssl_norms.analysis.loading import TrainedRun
 
 TRAINING_SET = "training set"
 
@@ -58,6 +56,11 @@ def detection_table(
     novelty score of a :class:`NormConfidence` fitted on the ``train`` norms in ``space`` (classes by
     ``k``-NN in that space), and for the maximum softmax probability (``msp``) of a linear probe on the
     training ``features``. Also the ID accuracy of both classifiers (``knn_top1``, ``probe_top1``)."""
+    import torch
+
+    from ssl_norms.confidence import NormConfidence, detection_metrics, max_softmax_novelty
+    from ssl_norms.eval import fit_linear_classifier, topk_accuracy
+
     confidence = NormConfidence.fit(train[space], train["labels"], num_classes)
     probe = fit_linear_classifier(train["features"], train["labels"], num_classes)
 
@@ -111,6 +114,9 @@ def novelty(
         space: norm of the loss-space ``embeddings`` or of the backbone ``features``
         k: neighbours of the k-NN that predicts the class of the class-relative score
     """
+    from ssl_norms.analysis.loading import embed_dataset, limit_samples
+    from ssl_norms.confidence import norm_auroc
+
     if space not in ("embeddings", "features"):
         raise ValueError(f"space must be 'embeddings' or 'features', got {space!r}")
     if getattr(run.datamodule, "eval_image_size", None) is None:
@@ -162,6 +168,8 @@ def novelty(
 
 def _names(sets: str | list[str] | None, default: tuple[str, ...]) -> list[str]:
     """Canonical set names from a comma-separated string or a list (``default`` when None)."""
+    from ssl_norms.data.eval_sets import canonical_eval_set_name
+
     names = list(default) if sets is None else ([s.strip() for s in sets.split(",") if s.strip()] if isinstance(sets, str) else list(sets))
     return [canonical_eval_set_name(name) for name in names]
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from typing import TYPE_CHECKING, Any
 
 from ssl_norms.analysis.curves import log_epoch_axis, metrics_file, read_metrics_by_epoch, run_labels
-from ssl_norms.analysis.loading import TrainedRun, limit_samples
 from ssl_norms.analysis.output import AnalysisResult, AnalysisUnavailable
 from ssl_norms.figures import new_figure, save_figure, write_csv, write_json
+
+if TYPE_CHECKING:  # torch is imported by the function that computes, so `analyze --help` does without it
+    import torch
+
+    from ssl_norms.analysis.loading import TrainedRun
 
 OPPOSITE_KEY = "pairs/opposite_rate"
 
@@ -56,18 +56,23 @@ def loss_target(model, view: torch.Tensor) -> torch.Tensor:
     return target([view])[0] if target is not None else model.projector(model.backbone(view))
 
 
-@torch.no_grad()
 def recomputed_opposite_rate(run: TrainedRun, num_pairs: int = 2048, pair: str = "views") -> float:
     """Share of positive pairs (two augmented views of a training image) with cosine < 0, in the
     checkpoint's eval mode on a seeded subset and seeded augmentations. ``pair="views"``: the two
     views' loss-space embeddings (p1, p2: what the norm monitor logs); ``pair="loss"``: the pair the
     loss compares, p1 against the other view's target (:func:`loss_target`), the paper's Table S1."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from ssl_norms.analysis.loading import limit_samples
+
     if pair not in ("views", "loss"):
         raise ValueError(f"pair must be 'views' or 'loss', got {pair!r}")
     model = run.model.eval()
     dataset = limit_samples(run.datamodule.train_set, num_pairs, run.seed)
     cosines = []
-    with torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)
         for batch in DataLoader(dataset, batch_size=run.batch_size, shuffle=False):
             v1, v2 = (view.to(model.device) for view in batch["views"][:2])

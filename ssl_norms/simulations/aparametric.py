@@ -29,18 +29,18 @@ compared with the Thm. 3.4 bound B = 2 s sin^2(phi) (= 2 lr sin^2 phi / rho^2). 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-from matplotlib.colors import LogNorm
 
 from ssl_norms.figures import new_figure
 from ssl_norms.simulations.output import SimulationOutput
 from ssl_norms.simulations.settings import Cosine, Count, Dimension, Interpolation, Positive, Seed
 from ssl_norms.threads import one_cpu_thread
+
+if TYPE_CHECKING:  # torch is imported by the functions that compute, so `simulate --help` does without it
+    import torch
+    from torch import Tensor
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,6 +53,8 @@ def cosine_grad(z: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
     Equals (t_hat - cos * z_hat) / ||z||: orthogonal to z with norm sin(phi) / ||z||.
     """
+    import torch.nn.functional as F
+
     norm = z.norm(dim=-1, keepdim=True)
     z_hat = z / norm
     t_hat = F.normalize(target, dim=-1)
@@ -62,6 +64,8 @@ def cosine_grad(z: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 def exact_cos_change(phi: Tensor, s: Tensor | float, both_sides: bool) -> Tensor:
     """Exact change of cos after one ascent step of size lr on cos (s = lr / rho^2)."""
+    import torch
+
     sin2 = torch.sin(phi) ** 2
     cphi = torch.cos(phi)
     if both_sides:
@@ -72,6 +76,8 @@ def exact_cos_change(phi: Tensor, s: Tensor | float, both_sides: bool) -> Tensor
 
 def thm34_bound(phi: Tensor, lr: float, rho: float) -> Tensor:
     """The Thm. 3.4 bound 2 lr sin^2(phi) / rho^2."""
+    import torch
+
     return 2 * lr * torch.sin(phi) ** 2 / rho**2
 
 
@@ -81,14 +87,21 @@ def cos_change(a: Tensor, b: Tensor, a1: Tensor, b1: Tensor) -> Tensor:
     Uses 1 - cos = |a_hat - b_hat|^2 / 2 for acute and 1 + cos = |a_hat + b_hat|^2 / 2 for obtuse
     starting pairs, so tiny changes of nearly (anti-)parallel pairs keep their relative precision.
     """
+    import torch
+    import torch.nn.functional as F
+
     a, b, a1, b1 = (F.normalize(v, dim=-1) for v in (a, b, a1, b1))
     minus = ((a - b).pow(2).sum(-1) - (a1 - b1).pow(2).sum(-1)) / 2
     plus = ((a1 + b1).pow(2).sum(-1) - (a + b).pow(2).sum(-1)) / 2
     return torch.where((a * b).sum(-1) >= 0, minus, plus)
 
 
-def random_unit(n: int, d: int, g: torch.Generator, dtype=torch.float64) -> Tensor:
-    return F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=-1)
+def random_unit(n: int, d: int, g: torch.Generator, dtype: torch.dtype | None = None) -> Tensor:
+    """``n`` uniform random unit vectors in R^``d`` (float64 unless ``dtype``)."""
+    import torch
+    import torch.nn.functional as F
+
+    return F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64 if dtype is None else dtype), dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +132,9 @@ def fig2a(
     exceeds ``threshold`` or ``max_steps`` is reached. All cells run at once as one tensor; the
     same base pairs (x1, x2) are used in every cell.
     """
+    import torch
+    import torch.nn.functional as F
+
     norms = [float(v) for v in norms]
     interps = [float(v) for v in interps]
     t0 = time.perf_counter()
@@ -237,6 +253,8 @@ def _log_steps_axis(ax, converged_steps: np.ndarray) -> None:
 
 
 def _plot_fig2a(steps_m, norms, interps, init_angle_deg, max_steps, threshold, num_pairs, dim, lr):
+    from matplotlib.colors import LogNorm
+
     fig, (ax_h, ax_n, ax_a) = new_figure(1, 3, width=5.2, height=4.4)
     A, R = steps_m.shape
     vals = steps_m.double().numpy()

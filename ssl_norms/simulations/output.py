@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from ssl_norms.figures import plain, save_figure, write_csv, write_json
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn, not for `simulate --help`
+    from matplotlib.figure import Figure
 
 
 @dataclass

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy.stats import pearsonr, spearmanr
-from torch import Tensor, nn
 
-from ssl_norms.data.synthetic import LatentClasses, class_counts, sample_dataset
 from ssl_norms.figures import new_figure
 from ssl_norms.simulations.output import SimulationOutput
 from ssl_norms.simulations.settings import Count, Dimension, Momentum, NonNegative, Positive, Seed, Several
 from ssl_norms.threads import one_cpu_thread
+
+if TYPE_CHECKING:  # torch is imported by the functions that compute, so `simulate --help` does without it
+    import torch
+    from torch import Tensor, nn
 
 
 def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
@@ -38,6 +37,9 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
     L_i = -1/|P(i)| sum_p log( exp(s_ip / T) / sum_{a != i} exp(s_ia / T) ), s = cosine similarity.
     Anchors without a positive in the batch are skipped.
     """
+    import torch
+    import torch.nn.functional as F
+
     zn = F.normalize(z, dim=-1)
     logits = zn @ zn.T / temperature
     n = len(z)
@@ -58,6 +60,9 @@ def random_pair_nce(z: Tensor, labels: Tensor, temperature: float, generator: to
     L_i = -log( sum_{p in P(i)} exp(s_ip / T) / sum_{a != i} exp(s_ia / T) + 1e-8 ) over the anchors
     that got a pair, s = cosine similarity (unlike :func:`supcon_loss`, the positives are summed
     inside the log and only the drawn pairs attract)."""
+    import torch
+    import torch.nn.functional as F
+
     zn = F.normalize(z, dim=-1)
     n = len(z)
     self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
@@ -77,12 +82,16 @@ POSITIVES = ("all", "random_pair")  # train_supcon's losses: supcon_loss, random
 
 
 def make_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
+    from torch import nn
+
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
 
 @contextmanager
 def _seeded(seed: int):
     """Seed torch's global RNG inside the block without leaking state to the caller."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
@@ -113,6 +122,8 @@ def train_supcon(
     ``callback(step, model)`` is called at step 0 (before training), every ``callback_every``
     steps and after the last step. Must be called inside a seeded context.
     """
+    import torch
+
     model = make_mlp(x.shape[1], hidden, out_dim)
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -160,6 +171,9 @@ def _fmt(value: Any) -> str:
 
 def knn_cosine_distance(z: Tensor, k: int, chunk: int = 2048) -> Tensor:
     """Cosine distance (1 - cos) from each row to its k-th nearest other row (self excluded)."""
+    import torch
+    import torch.nn.functional as F
+
     if k >= len(z):
         raise ValueError(f"--k {k} needs more than {k} samples, got {len(z)}")
     zn = F.normalize(z.double(), dim=-1)
@@ -183,6 +197,8 @@ def _train(x: Tensor, labels: Tensor, params: dict, **kwargs) -> tuple[nn.Module
 def _world_and_data(num_classes, latent_dim, ambient_dim, sigma, samples, class_weights, seed, mapping_std=0.0):
     """``mapping_std`` > 0 rescales the generator's N(0, 1/latent_dim) map to N(0, mapping_std^2)
     entries (the released notebook's ``torch.randn(data_dim, dim) * 10`` is ``mapping_std=10``)."""
+    from ssl_norms.data.synthetic import LatentClasses, class_counts, sample_dataset
+
     world = LatentClasses.create(num_classes, latent_dim, ambient_dim, sigma, seed=seed)
     counts = class_counts(samples, class_weights, num_classes)
     if 0 in counts:  # a class without samples has no mean norm and no neighbours
@@ -232,7 +248,11 @@ def fig2b(
     the pooled correlation is negative for the Adam default in every seed, but with SGD it can
     flip sign because between-class norm offsets (set by the random class geometry) dominate.
     """
-    params = dict(locals())  # the keyword arguments, recorded with the numbers
+    params = dict(locals())  # the keyword arguments, recorded with the numbers: before any import
+    import torch
+    import torch.nn.functional as F
+    from scipy.stats import pearsonr, spearmanr
+
     t0 = time.perf_counter()
     with _seeded(seed), one_cpu_thread():
         world, counts, x, labels, latents = _world_and_data(
@@ -357,7 +377,10 @@ def fig2c(
     above the rarest class in 19/20, and Spearman(frequency, norm) averages +0.81. Most of the norm
     growth happens in the first ~50 steps, before the classes collapse and the loss saturates.
     """
-    params = dict(locals())  # the keyword arguments, recorded with the numbers
+    params = dict(locals())  # the keyword arguments, recorded with the numbers: before any import
+    import torch
+    from scipy.stats import spearmanr
+
     t0 = time.perf_counter()
     weights = [float(w) for w in class_weights]
     params["class_weights"] = weights

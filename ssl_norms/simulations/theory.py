@@ -9,18 +9,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from ssl_norms.figures import new_figure
 from ssl_norms.simulations.aparametric import random_unit, cos_change, cosine_grad, exact_cos_change, thm34_bound
 from ssl_norms.simulations.output import SimulationOutput
 from ssl_norms.simulations.settings import Count, Dimension, Positive, Seed, Several
 from ssl_norms.threads import one_cpu_thread
+
+if TYPE_CHECKING:  # torch is imported by the functions that compute, so `simulate --help` does without it
+    import torch
+    from torch import Tensor
 
 GROWTH_TOL = 1e-12  # relative float64 tolerance for "the norm never shrinks"
 BOUND_TOL = 1e-9  # relative float64 tolerance for "observed >= bound"
@@ -36,6 +37,8 @@ class Pairs:
     num_random: int
 
     def __post_init__(self) -> None:
+        import torch
+
         self.cos = (self.u * self.w).sum(-1)
         self.sin = (self.w - self.cos[:, None] * self.u).norm(dim=-1)  # accurate near 0 and pi, unlike sin(arccos(.))
         self.phi = torch.atan2(self.sin, self.cos)
@@ -44,6 +47,8 @@ class Pairs:
 def sample_pairs(num_pairs: int, dim: int, g: torch.Generator) -> Pairs:
     """Half independent uniform directions (angles near 90 deg in high dimension), half at an angle
     uniform in (0, pi), so obtuse and nearly opposite pairs are well represented."""
+    import torch
+
     num_random = num_pairs // 2
     u_r, w_r = random_unit(num_random, dim, g), random_unit(num_random, dim, g)
     phi = torch.rand(num_pairs - num_random, generator=g, dtype=torch.float64) * math.pi
@@ -53,6 +58,9 @@ def sample_pairs(num_pairs: int, dim: int, g: torch.Generator) -> Pairs:
 
 def _pairs_with_angles(phi: Tensor, d: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
     """Unit vectors (u, w) in R^d with angle(u, w) = phi (random orientation)."""
+    import torch
+    import torch.nn.functional as F
+
     u = random_unit(len(phi), d, g, phi.dtype)
     v = torch.randn(len(phi), d, generator=g, dtype=phi.dtype)
     v = F.normalize(v - (v * u).sum(-1, keepdim=True) * u, dim=-1)
@@ -62,6 +70,9 @@ def _pairs_with_angles(phi: Tensor, d: int, g: torch.Generator) -> tuple[Tensor,
 
 def check_prop_3_1(pairs: Pairs, rho: float) -> dict[str, float]:
     """The cosine gradient against autograd, its orthogonality to z and its magnitude sin(phi) / rho."""
+    import torch
+    import torch.nn.functional as F
+
     zi = (pairs.u * rho).requires_grad_(True)
     (auto,) = torch.autograd.grad(F.cosine_similarity(zi, pairs.w * rho, dim=-1).sum(), zi)
     ours, _ = cosine_grad(zi.detach(), pairs.w * rho)
@@ -89,6 +100,8 @@ class StepChecks:
     norm_min_growth: float = math.inf
 
     def add(self, pairs: Pairs, lr: float, rho: float) -> None:
+        import torch
+
         s = lr / rho**2
         zi, zj = pairs.u * rho, pairs.w * rho
         gi, _ = cosine_grad(zi, zj)
@@ -161,11 +174,16 @@ class StepChecks:
         }
 
     def all_ratios(self) -> dict[str, Tensor]:
+        import torch
+
         return {k: (torch.cat(v) if v else torch.empty(0, dtype=torch.float64)) for k, v in self.ratios.items()}
 
 
 def _info_nce(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """SimCLR-style InfoNCE (NT-Xent) on cosine logits: 2B samples, positives are the other view."""
+    import torch
+    import torch.nn.functional as F
+
     z = F.normalize(torch.cat([z1, z2]), dim=-1)
     n = len(z1)
     logits = z @ z.T / temperature
@@ -178,6 +196,9 @@ def check_cor_3_3_infonce(lrs: Sequence[float], num_batches: int, batch_size: in
                           g: torch.Generator) -> dict[str, float | int]:
     """Cor. 3.3 for SGD steps on an InfoNCE loss (autograd) over random batches whose embeddings
     (the parameters) have log-uniform norms in [0.1, 10]: no norm ever shrinks."""
+    import torch
+    import torch.nn.functional as F
+
     violations = checked = 0
     min_growth, max_abs_cos = math.inf, 0.0
     for lr in lrs:
@@ -220,6 +241,8 @@ def theory_checks(
     to the exact closed form. Cor. 3.3 is checked for those steps and for SGD steps of size lr on
     a SimCLR InfoNCE loss over ``num_batches`` random batches per lr.
     """
+    import torch
+
     t0 = time.perf_counter()
     lrs, norms = [float(v) for v in lrs], [float(v) for v in norms]
     g = torch.Generator().manual_seed(seed)
@@ -261,6 +284,8 @@ def _summary(numbers: dict) -> list[str]:
 
 
 def _plot(steps: StepChecks):
+    import torch
+
     fig, (ax_h, ax_s) = new_figure(1, 2, width=5.6, height=4.3)
     labels = {
         "one_small": "one side, lr/ρ² ≤ 2",
