@@ -125,7 +125,6 @@ def _runs(data: dict[str, Any], **match: Any) -> list[dict[str, Any]]:
 
 def figures(data: dict[str, Any], out: Path) -> list[Path]:
     paths = []
-    core = ["default", "gradscale"]
     fig, axes = new_figure(1, 2, width=4.6, height=3.3)
     for ax, method in zip(axes, CUTS):
         variants = ["default", *(f"cut{c:g}" for c in CUTS[method]), "gradscale"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from pathlib import Path
 from typing import Any, Sequence
 
 from ssl_norms.figures import read_metrics
