@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from conftest import as_launched_rank, leave_process_group, spawn_ranks
 from ssl_norms.callbacks import OnlineLinearProbe
+from ssl_norms.callbacks.linear_probe import OfflineLinearProbe
 from ssl_norms.callbacks.reproducible_resume import ReproducibleResume
 from ssl_norms.data import SyntheticLatentClasses
 from ssl_norms.eval import fit_linear_classifier, linear_probe, topk_accuracy, zero_linear
@@ -236,3 +237,32 @@ def test_ddp_probe_is_identical_on_every_rank_and_steps_on_the_global_batch(tmp_
     optimizer.step()
     assert torch.allclose(records[0]["weight"], reference.weight, atol=1e-6)
     assert torch.allclose(records[0]["bias"], reference.bias, atol=1e-6)
+
+
+def _validate_with_offline_probe(devices: int) -> dict[str, float]:
+    """``validate`` of a seed-0 model with OfflineLinearProbe on 71/21 samples (odd: DistributedSampler
+    pads the last shard with repeats, which the probe must drop), its logged values."""
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(strategy="ddp" if devices > 1 else "auto", accelerator="cpu", devices=devices, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[OfflineLinearProbe(max_iter=50, cache=False)])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|sync_dist).*")
+        trainer.validate(_model(), _data(train_samples=71, val_samples=21, batch_size=16, eval_batch_size=8))
+    return {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("linear/")}
+
+
+def _offline_ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    as_launched_rank(rank, port)
+    torch.save(_validate_with_offline_probe(devices=2), Path(out_dir) / f"offline{rank}.pt")
+    leave_process_group()
+
+
+def test_ddp_offline_probe_equals_the_single_process_probe(tmp_path):
+    spawn_ranks(_offline_ddp_worker, str(tmp_path), world_size=2, timeout_s=180)
+    ranks = [torch.load(tmp_path / f"offline{r}.pt") for r in range(2)]
+    single = _validate_with_offline_probe(devices=1)
+    assert set(single) == {"linear/top1", "linear/top5", "linear/train_top1"}
+    assert ranks[0] == ranks[1]
+    for key, value in single.items():  # sharded, gathered, de-duplicated: the same 71 + 21 samples
+        assert ranks[0][key] == pytest.approx(value, abs=1e-6), key
