@@ -351,6 +351,14 @@ def acquire_lock(run_dir: Path) -> Callable[[], None]:
     raise RunError(f"cannot lock {run_dir}: other processes keep taking it")
 
 
+def is_locked(run_dir: Path) -> bool:
+    """Whether a live process holds ``run_dir``'s lock (a lock left by a dead one does not count)."""
+    try:
+        return not _holder_is_gone(json.loads((run_dir / LOCK_FILE).read_text()))
+    except (OSError, ValueError):
+        return False
+
+
 def _release(path: Path, mine: str) -> None:
     try:
         if path.read_text() == mine:

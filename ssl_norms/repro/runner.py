@@ -42,17 +42,10 @@ def point_status(point: StudyPoint) -> str:
         return "done"
     if (state / "failed.json").exists():
         return "failed"
-    lock = state / "run.lock"
-    if lock.exists():
-        from ssl_norms.runs import _holder_is_gone
+    from ssl_norms.runs import holds_checkpoints, is_locked
 
-        try:
-            if not _holder_is_gone(json.loads(lock.read_text())):
-                return "running"
-        except (OSError, ValueError):
-            pass
-    from ssl_norms.runs import holds_checkpoints
-
+    if is_locked(state):
+        return "running"
     return "partial" if holds_checkpoints(point.fit.run_dir) else "todo"
 
 
