@@ -114,6 +114,11 @@ def confidence_claims(conf: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ---- figures -------------------------------------------------------------------------------------
+def grid_variants(method: str) -> list[str]:
+    """The variants of the lr grid: default, each cut constant, GradScale."""
+    return ["default", *(f"cut{c:g}" for c in CUTS[method]), "gradscale"]
+
+
 def _legend(ax: Any, fontsize: int) -> None:
     if ax.get_legend_handles_labels()[0]:  # panels of points not run yet stay empty
         ax.legend(fontsize=fontsize)
@@ -127,7 +132,7 @@ def figures(data: dict[str, Any], out: Path) -> list[Path]:
     paths = []
     fig, axes = new_figure(1, 2, width=4.6, height=3.3)
     for ax, method in zip(axes, CUTS):
-        variants = ["default", *(f"cut{c:g}" for c in CUTS[method]), "gradscale"]
+        variants = grid_variants(method)
         for color, variant in zip(distinct_colors(len(variants)), variants):
             for run in _runs(data, method=method, variant=variant, lr_mult=1.0, seed=0):
                 steps, knn = zip(*run["knn_curve"])
@@ -140,7 +145,7 @@ def figures(data: dict[str, Any], out: Path) -> list[Path]:
 
     fig, axes = new_figure(1, 2, width=4.6, height=3.3)
     for ax, method in zip(axes, CUTS):
-        variants = ["default", *(f"cut{c:g}" for c in CUTS[method]), "gradscale"]
+        variants = grid_variants(method)
         for color, variant in zip(distinct_colors(len(variants)), variants):
             runs = sorted(_runs(data, method=method, variant=variant, seed=0), key=lambda r: r["lr_mult"])
             if runs:
@@ -210,7 +215,7 @@ def tables(data: dict[str, Any]) -> str:
               "| method | variant | " + " | ".join(f"lr {m:g}x" for m in sorted(LR_MULTS)) + " | vs default at 1x (points) |",
               "|---|---|" + "---|" * (len(LR_MULTS) + 1)]
     for method in CUTS:
-        for variant in ["default", *(f"cut{c:g}" for c in CUTS[method]), "gradscale"]:
+        for variant in grid_variants(method):
             cells = []
             for mult in sorted(LR_MULTS):
                 runs = _runs(data, method=method, variant=variant, lr_mult=mult, seed=0)
@@ -234,7 +239,7 @@ def tables(data: dict[str, Any]) -> str:
         lines.append(f"| {p['method']} | {p['variant']} | {100 * p['seed0']:.1f} | {100 * p['seed1']:.1f} |")
     lines += ["", "## The BatchNorm explanation", "",
               "Effective lr ratio cut / default of the BN-fed layers at the first logged step (c^2 at step 0 by "
-              "construction), and what the two control cuts do (k-NN vs default, points).", "",
+              "construction), and what the three control cuts do (k-NN vs default, points).", "",
               "| method | variant | c^2 | lr/||w||^2 ratio, first logged step | k-NN at first eval | final k-NN |",
               "|---|---|---|---|---|---|"]
     for row in data["bn_explanation"]:
