@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_norms.eval import SEARCH_LISTED, alignment, rankme, uniformity, _certified_scores, _LowPrecisionBank, _vote, knn_predict, knn_predict_leave_one_out, knn_scores, single_class_note, topk_accuracy
+from ssl_norms.eval import SEARCH_LISTED, SELECT_BLOCK, _select, alignment, rankme, uniformity, _certified_scores, _LowPrecisionBank, _vote, knn_predict, knn_predict_leave_one_out, knn_scores, single_class_note, topk_accuracy
 
 
 def brute_force_knn(train, train_labels, test, num_classes, k, temperature):
@@ -84,12 +84,48 @@ def test_low_precision_search_gives_the_fp32_labels_and_top5_on_near_ties(search
     assert torch.equal(scores.topk(5).indices.sort().values, fp32.topk(5).indices.sort().values)
     assert torch.equal(knn_predict(bank, labels, queries, 8, k=20, temperature=0.05, search=search), fp32.argmax(1))
     # both ways are taken: rows the rounding bound certifies, rows recomputed in fp32
-    top, idx, bound = _LowPrecisionBank(F.normalize(bank, dim=1), search).search(F.normalize(queries, dim=1), SEARCH_LISTED * 20)
-    certified = _certified_scores(top, idx, bound, labels, 8, 20, 0.05, (1, 5))[1]
+    top, idx, bound, unlisted = _LowPrecisionBank(F.normalize(bank, dim=1), search).search(F.normalize(queries, dim=1), SEARCH_LISTED * 20)
+    certified = _certified_scores(top, idx, bound, unlisted, labels, 8, 20, 0.05, (1, 5))[1]
     assert 0 < certified.sum() < len(queries)
     # the data have teeth: voting on the rounded similarities directly changes some labels
     rounded = F.normalize(queries, dim=1).to(search).float() @ F.normalize(bank, dim=1).to(search).float().T
     assert (_vote(rounded.to(search).float(), labels, 8, 20, 0.05) != fp32.argmax(1)).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("width", [4000, 4003])
+def test_blocked_selection_lists_the_largest_entries(dtype, width):
+    g = torch.Generator().manual_seed(width)
+    sim = torch.randn(50, width, generator=g).to(dtype)
+    sim[0, ::500] = 9.0  # the largest entries of a row crowd into one block
+    sim[1] = 0.5  # all tied
+    sim[2, -3:] = 20.0  # the largest entries in the columns no block holds
+    n = 60
+    assert width // SELECT_BLOCK >= 4 * n  # the blocked path, not the plain top-k
+    top, idx = _select(sim, n)
+    assert torch.equal(top, sim.topk(n, dim=1).values.float())
+    assert torch.equal(sim.gather(1, idx).float(), top)
+    assert all(len(set(row.tolist())) == n for row in idx)
+
+
+def test_low_precision_search_on_a_bank_large_enough_for_blocked_selection_gives_the_fp32_labels():
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(10_000, 24, generator=g)
+    bank = torch.cat([base, base + 1e-4 * torch.randn(10_000, 24, generator=g)])
+    labels = torch.randint(0, 8, (20_000,), generator=g)
+    queries = torch.cat([torch.randn(300, 24, generator=g), base[:300] + 0.3 * torch.randn(300, 24, generator=g)])
+    fp32 = knn_scores(bank, labels, queries, 8, k=20, temperature=0.05, search=torch.float32)
+    scores = knn_scores(bank, labels, queries, 8, k=20, temperature=0.05, search=torch.bfloat16, chunk_size=64)
+    assert torch.equal(scores.argmax(1), fp32.argmax(1))
+    assert torch.equal(scores.topk(5).indices.sort().values, fp32.topk(5).indices.sort().values)
+    # all three ways are taken: certified by the rounding bound, after rescoring the listed points, in fp32
+    low_bank = _LowPrecisionBank(F.normalize(bank, dim=1), torch.bfloat16)
+    queries = F.normalize(queries, dim=1)
+    top, idx, bound, unlisted = low_bank.search(queries, SEARCH_LISTED * 20)
+    certified = _certified_scores(top, idx, bound, unlisted, labels, 8, 20, 0.05, (1, 5))[1]
+    redo = (~certified).nonzero().squeeze(1)
+    rescored = _certified_scores(*low_bank.rescore(queries[redo], idx[redo]), unlisted[redo], labels, 8, 20, 0.05, (1, 5))[1]
+    assert 0 < certified.sum() < len(queries) and 0 < rescored.sum() < len(redo)
 
 
 def test_knn_scores_top5_matches_brute_force_and_default_search_equals_fp32():
