@@ -159,7 +159,7 @@ def one_line_error(message: str) -> str:
     lines = [line.strip().removeprefix("- ").strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if len(lines) <= 1:
-        return _one_liner(lines[0] if lines else text)
+        return trainer_typo(lines[0] if lines else text)
     keys = list(dict.fromkeys(re.findall(r'Parser key "([^"]+)"', text)))
     option = keys[0] if keys else ""
     given = next((line.partition(":")[2].strip() for line in lines if line.startswith("Given value:")), "")
@@ -247,13 +247,15 @@ def _options_of(cls: Any) -> list[str]:
     return sorted({key.split(".")[0] for key in parser.get_defaults().keys()})
 
 
-def _one_liner(line: str) -> str:
-    """A trainer option typo names the closest Trainer option (argparse lists it as unrecognized)."""
+def trainer_typo(line: str, options: list[str] | None = None) -> str:
+    """A trainer option typo names the closest Trainer option (argparse lists it as unrecognized);
+    ``options``: the Trainer's, when known without importing Lightning."""
     match = re.fullmatch(r"unrecognized arguments: --trainer\.([\w.]+)(?:=\S*)?(?: .*)?", line)
     if match:
-        from lightning.pytorch import Trainer
+        if options is None:
+            from lightning.pytorch import Trainer
 
-        options = [name for name in inspect.signature(Trainer.__init__).parameters if name != "self"]
+            options = [name for name in inspect.signature(Trainer.__init__).parameters if name != "self"]
         return _no_option("Trainer", match[1], options)
     return line
 

@@ -48,6 +48,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 import ssl_norms.callbacks  # noqa: F401  (makes callback class names resolvable in YAML)
+from ssl_norms import help_cache
 from ssl_norms.bad_input import UsageError, check_trainer
 from ssl_norms.callbacks import NonFiniteGuard
 from ssl_norms.callbacks.global_batch import GlobalBatchLog
@@ -163,7 +164,15 @@ class SSLNormsCLI(LightningCLI):
         listed = isinstance(words, (list, tuple))
         self.requested = command_line_run_args(list(words)) if listed else None
         self.data_keys = command_line_data_keys(list(words)) if listed else None  # a dict: every setting explicit
+        self.words = list(words) if listed else []
         super().__init__(*args, save_config_callback=SaveRunConfig, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        # the parser is built: keep its help, so the next `COMMAND --help` and mistyped option answer at once
+        command = next((word for word in self.words if word in LIGHTNING_COMMANDS), None)
+        if command is not None:
+            help_cache.keep_help(command, parser._subcommands_action.choices[command].format_help)
+        super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(

@@ -1,7 +1,8 @@
 """``ssl-norms``, the entry point: ``--help``, the project's commands (:mod:`ssl_norms.commands`) and
 the one stderr line of every failure. It imports torch and Lightning only for a command that needs
 them: LightningCLI (:mod:`ssl_norms.cli`) only for fit/validate/test/predict, so ``--help`` and a
-project command's bad arguments answer at once.
+project command's bad arguments answer at once, as do those commands' help and mistyped options
+once their help was printed (:mod:`ssl_norms.help_cache`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import warnings
 from argparse import ArgumentError
 
+from ssl_norms import help_cache
 from ssl_norms.bad_input import UsageError, check_config_files, one_line_error
 from ssl_norms.commands import COMMANDS, LIGHTNING_COMMANDS, run_command, usage
 
@@ -111,10 +113,15 @@ def main(argv: list[str] | None = None) -> None:
             raise UsageError(f"unknown command {words[0]!r}; commands: {', '.join(COMMANDS)}")
         else:
             check_config_files(words[1:])
+            known = help_cache.answer(words) if words[:1] and words[0] in LIGHTNING_COMMANDS else None
+            if known is not None:
+                print(known, end="")
+                return
             from ssl_norms.cli import run_lightning_cli  # torch and Lightning: only for their commands
 
             _lightning_info_to_stdout()  # after Lightning's import, which adds its own handler
-            run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
+            with help_cache.recording(words):
+                run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     except (Exception, KeyboardInterrupt) as err:
         if os.environ.get("SSL_NORMS_DEBUG"):
             raise

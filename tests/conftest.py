@@ -18,6 +18,7 @@ def isolated_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("SSL_NORMS_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("SSL_NORMS_RUN_DIR", "")
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("SSL_NORMS_HELP_CACHE", "0")  # tests/test_help_cache.py turns it on, in its own cache dir
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(2)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-from ssl_norms.data.paths import cache_root
+from ssl_norms.cache import cache_root
 from ssl_norms.distributed import all_gather_rows, broadcast_buffers, gather_unique
 from ssl_norms.eval import linear_probe, topk_accuracy, zero_linear
 

@@ -14,7 +14,8 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2.functional import center_crop, resize as resize_fn
 
-from ssl_norms.data.paths import cache_root, first_line
+from ssl_norms.cache import cache_root
+from ssl_norms.data.paths import first_line
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 

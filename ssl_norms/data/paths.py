@@ -1,4 +1,4 @@
-"""Where the data is: the data root, the decoded-image cache, and each dataset's place under the root.
+"""Where the data is: the data root and each dataset's place under the root.
 
 Only names and layouts live here (no decoding), so readers, evaluation sets and DataModules agree
 on them and every "not found" message names the same places."""
@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATA_ENV = "SSL_NORMS_DATA"
-CACHE_ENV = "SSL_NORMS_CACHE"
 ROOT_HINT = f"set the root with --data.init_args.root or ${DATA_ENV}"
 
 
@@ -23,11 +22,6 @@ def first_line(err: BaseException) -> str:
 def resolve_root(root: str | Path | None) -> Path:
     """The data root: the ``root`` option, else ``$SSL_NORMS_DATA``, else ``./data``."""
     return Path(root or os.environ.get(DATA_ENV) or "data").expanduser()
-
-
-def cache_root() -> Path:
-    """Where decoded images are cached: ``$SSL_NORMS_CACHE``, else ``~/.cache/ssl-norms``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ssl-norms")
 
 
 @dataclass(frozen=True)

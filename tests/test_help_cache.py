@@ -1,0 +1,108 @@
+"""fit/validate/test/predict answer --help and mistyped options from the help their parser printed
+before (ssl_norms.help_cache), byte for byte what the parser prints, without importing torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from argparse import ArgumentError
+
+import pytest
+
+from conftest import REPO
+from ssl_norms import help_cache
+
+HEAVY = ("torch", "lightning", "torchmetrics", "torchvision")
+
+
+def run(words: list[str], cache, cwd, enabled: bool = True) -> subprocess.CompletedProcess:
+    """``ssl-norms WORDS`` in a new process; its last stdout line lists the heavy modules imported."""
+    script = (
+        "import sys\nfrom ssl_norms.main import main\n"
+        f"try:\n    main({words!r})\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+        f"print('heavy:', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    env = {**os.environ, "SSL_NORMS_CACHE": str(cache), "SSL_NORMS_HELP_CACHE": "1" if enabled else "0", "COLUMNS": "100",
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_help_and_typos_come_from_the_parser_once_then_without_torch(tmp_path):
+    cache = tmp_path / "cache"
+    built = run(["fit", "--help"], cache, tmp_path, enabled=False)
+    assert "--trainer.max_epochs" in built.stdout and not (cache / "cli-help").exists()
+    parser_help = built.stdout.rsplit("exit 0\n", 1)[0]
+
+    # a run's parser (here one refusing a value) keeps the help it was built with
+    refused = run(["fit", "--trainer.max_epochs=x"], cache, tmp_path)
+    assert refused.stderr.strip().endswith("--trainer.max_epochs: Expected a <class 'int'> (see `ssl-norms fit --help`)")
+    assert len(list((cache / "cli-help").iterdir())) == 1
+
+    answered = run(["fit", "--help"], cache, tmp_path)
+    assert answered.stdout.splitlines()[-1] == "heavy: []"
+    assert answered.stdout.rsplit("heavy:", 1)[0] == parser_help
+
+    typos = {
+        "--trainer.max_epocs 3": "Trainer has no option 'max_epocs' (did you mean 'max_epochs'?)",
+        "--trainer.max_epochs 2 --trainer.fast_dev_rn=1": "Trainer has no option 'fast_dev_rn' (did you mean 'fast_dev_run'?)",
+        "--sed_everything 1": "unrecognized arguments: --sed_everything 1",
+        "--foo 1 2 --bar --trainer.max_epochs -1": "unrecognized arguments: --foo 1 2 --bar",
+    }
+    for words, message in typos.items():
+        fast = run(["fit", *words.split()], cache, tmp_path)
+        assert fast.stdout.splitlines()[-2:] == ["exit 2", "heavy: []"], fast.stdout + fast.stderr
+        assert fast.stderr == f"ssl-norms: error: {message} (see `ssl-norms fit --help`)\n"
+    # the parser itself says the same
+    slow = run(["fit", "--sed_everything", "1"], cache, tmp_path, enabled=False)
+    assert slow.stderr == "ssl-norms: error: unrecognized arguments: --sed_everything 1 (see `ssl-norms fit --help`)\n"
+
+
+KNOWN = {"--trainer.max_epochs", "--trainer.callbacks", "--seed_everything", "--model", "--model.help", "--config", "-c", "--help"}
+
+
+@pytest.mark.parametrize("words", [
+    ["--model.temprature", "3"],  # a model's options depend on its class: the parser decides
+    ["--trainer.max_epo", "2"],  # argparse takes an abbreviation
+    ["--trainer.callbacks+=ssl_norms.callbacks.NormMonitor"],
+    ["--trainer.logger.init_args.project", "x"],
+    ["-x"],  # an unknown short flag: the parser's word
+    ["--", "--foo"],
+    ["--seed_everything", "1", "-c", "a.yaml"],
+])
+def test_words_whose_meaning_only_the_parser_knows_are_left_to_it(words):
+    help_cache._check_options(words, KNOWN)  # no error
+
+
+def test_an_unknown_option_is_refused_as_the_parser_refuses_it():
+    with pytest.raises(ArgumentError, match=r"^unrecognized arguments: --sed 1 --x$"):
+        help_cache._check_options(["--sed", "1", "--model", "SimCLR", "--x"], KNOWN)
+    with pytest.raises(ArgumentError, match=r"^Trainer has no option 'max_epocs' \(did you mean 'max_epochs'\?\)$"):
+        help_cache._check_options(["--trainer.max_epocs=3"], KNOWN)
+
+
+def test_the_key_follows_the_files_the_words_name_and_theirs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inner.yaml").write_text("temperature: 0.1\n")
+    (tmp_path / "outer.yaml").write_text("model:\n  init_args: inner.yaml\n")
+    words = ["fit", "--config", "outer.yaml", "--help"]
+    first = help_cache._key(words)
+    assert help_cache._key(words) == first
+    (tmp_path / "inner.yaml").write_text("temperature: 0.2\n")
+    second = help_cache._key(words)
+    assert second != first
+    (tmp_path / "outer.yaml").write_text("model:\n  init_args: inner.yaml\n# edited\n")
+    assert help_cache._key(words) not in (first, second)
+    monkeypatch.setenv("COLUMNS", "171")
+    assert help_cache._key(words) != help_cache._key(["fit", "--help"])
+
+
+def test_only_a_help_that_ended_well_is_kept(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SSL_NORMS_CACHE", str(tmp_path))
+    monkeypatch.setenv("SSL_NORMS_HELP_CACHE", "1")
+    for code, kept in ((2, None), (0, "usage: fit\n")):
+        with pytest.raises(SystemExit), help_cache.recording(["fit", "--help"]):
+            print("usage: fit")
+            raise SystemExit(code)
+        assert help_cache.stored(["fit", "--help"]) == kept
+    assert capsys.readouterr().out == "usage: fit\nusage: fit\n"  # printed as it is recorded
