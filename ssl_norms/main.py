@@ -17,8 +17,10 @@ from ssl_norms import help_cache
 from ssl_norms.bad_input import UsageError, check_config_files, one_line_error
 from ssl_norms.commands import COMMANDS, LIGHTNING_COMMANDS, run_command, usage
 
-# Lightning's messages nobody asked for, by their start: its adverts for its cloud services.
-UNASKED_INFO = ("💡 Tip: For seamless cloud logging", "💡 Tip: For seamless cloud uploads")
+# Lightning's messages nobody asked for, by their start: its adverts for its cloud services and a
+# note on how it counts the steps of a schedule.
+UNASKED_INFO = ("💡 Tip: For seamless cloud logging", "💡 Tip: For seamless cloud uploads",
+                "Loading `train_dataloader` to estimate number of stepping batches")
 # Warnings about nothing a user wrote or can change: (message regex, category, module regex).
 EXPECTED_WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),

@@ -2,7 +2,7 @@
 
 Three templates, shipped with the package, all of which start one process per GPU with ``srun``
 (``--ntasks-per-node`` = GPUs per node) so that Lightning's SLURMEnvironment sets up DDP, and all
-of which run ``python -m ssl_norms.cli slurm task ...`` in each task, so that the job's command is
+of which run ``python -m ssl_norms.main slurm task ...`` in each task, so that the job's command is
 built by :func:`task_argv`, the same code the dry-run prints from:
 
 * ``single_node.sbatch``: one node, several GPUs;
@@ -44,7 +44,7 @@ from ssl_norms.sweep import sweep_points
 _PACKAGED = Path(__file__).with_name("sbatch")
 TEMPLATES = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[1] / "slurm"
 SLURM_CONFIG = TEMPLATES / "slurm.yaml"
-TASK_COMMAND = ["python", "-m", "ssl_norms.cli", "slurm", "task"]
+TASK_COMMAND = ["python", "-m", "ssl_norms.main", "slurm", "task"]
 
 
 def _display_path(path: Path | str) -> str:

@@ -145,7 +145,7 @@ def test_help_and_argument_errors_import_neither_torch_nor_lightning(tmp_path):
     assert done.stdout.splitlines()[-1] == "heavy: []", done.stdout + done.stderr
 
 
-NOISE = ("Tip:", "litlogger", "litmodels", "FLOPs", "LeafSpec", "Deprecat", "deprecat", "LightningCLI's args", "anonymous", "not supported by the model summary")
+NOISE = ("Tip:", "estimate number of stepping batches", "litlogger", "litmodels", "FLOPs", "LeafSpec", "Deprecat", "deprecat", "LightningCLI's args", "anonymous", "not supported by the model summary")
 
 
 def test_fit_off_a_terminal_prints_progress_lines_and_no_noise(tmp_path):

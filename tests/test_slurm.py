@@ -37,7 +37,7 @@ def test_templates_run_one_srun_task_per_gpu_with_requeue_signal(name):
     gpus = int(directives["gres"].rsplit(":", 1)[-1])
     assert int(directives["ntasks-per-node"]) == gpus, "one task (DDP rank) per GPU"
     srun = [line for line in template.read_text().splitlines() if line.startswith("srun ")]
-    assert len(srun) == 1 and srun[0].startswith("srun python -m ssl_norms.cli slurm task")
+    assert len(srun) == 1 and srun[0].startswith("srun python -m ssl_norms.main slurm task")
     assert os.access(template, os.R_OK)
 
 
