@@ -27,6 +27,8 @@ from ssl_norms.cache import cache_root
 ENV = "SSL_NORMS_HELP_CACHE"
 # the packages whose classes and signatures make up the parser
 PACKAGES = ("lightning", "jsonargparse", "torch", "torchvision", "torchmetrics", "timm", "wandb")
+# settings of one run or session, not of what the parser offers
+_RUN_STATE = ("SSL_NORMS_RUN_DIR", "SSL_NORMS_SWEEP", "SSL_NORMS_DEBUG", ENV)
 _FILE_NAMES = re.compile(r"[\w./~-]+\.(?:ya?ml|json)\b")
 _NEGATIVE_NUMBER = re.compile(r"-\d+\.?\d*(?:e[+-]?\d+)?")
 
@@ -57,14 +59,14 @@ def _files(words: Sequence[str]) -> Iterator[Path]:
                 todo += [Path(name).expanduser(), path.parent / name]
 
 
-def _key(words: Sequence[str]) -> str:
+def _key(words: Sequence[str], width: bool = True) -> str:
     digest = hashlib.sha256()
 
     def add(*parts: object) -> None:
         digest.update(repr(parts).encode())
 
-    add(sys.version, sys.executable, list(words), shutil.get_terminal_size().columns)
-    add(sorted((k, v) for k, v in os.environ.items() if k.startswith(("SSL_NORMS_", "JSONARGPARSE_")) or k == "COLUMNS"))
+    add(sys.version, sys.executable, list(words), shutil.get_terminal_size().columns if width else None)
+    add(sorted((k, v) for k, v in os.environ.items() if k.startswith(("SSL_NORMS_", "JSONARGPARSE_")) and k not in _RUN_STATE))
     for name in PACKAGES:
         try:
             add(name, metadata.version(name))
@@ -83,6 +85,11 @@ def _path(words: Sequence[str]) -> Path:
     return cache_root() / "cli-help" / f"{_key(words)}.txt"
 
 
+def _options_path(command: str) -> Path:
+    """The options of ``COMMAND``, whatever the width its help was printed at (a run's log, a terminal)."""
+    return cache_root() / "cli-help" / f"{_key([command, '--help'], width=False)}.options"
+
+
 def stored(words: Sequence[str]) -> str | None:
     try:
         return _path(words).read_text()
@@ -90,9 +97,8 @@ def stored(words: Sequence[str]) -> str | None:
         return None
 
 
-def store(words: Sequence[str], text: str) -> None:
-    """Keep ``text`` for ``words``; a cache that cannot be written is no error."""
-    path = _path(words)
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` whole or not at all; a cache that cannot be written is no error."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.part")
@@ -100,6 +106,13 @@ def store(words: Sequence[str], text: str) -> None:
         os.replace(partial, path)
     except OSError:
         pass
+
+
+def store(words: Sequence[str], text: str) -> None:
+    """Keep ``text`` for ``words``, and a command's options with its plain ``--help``."""
+    _write(_path(words), text)
+    if len(words) == 2 and words[1] == "--help":
+        _write(_options_path(words[0]), "\n".join(sorted(set(re.findall(r"--[A-Za-z_][\w.+-]*", text)))) + "\n")
 
 
 def keep_help(command: str, render) -> None:
@@ -115,9 +128,11 @@ def answer(words: Sequence[str]) -> str | None:
         return None
     if asks_for_help(words):
         return stored(words)
-    help_text = stored([words[0], "--help"])
-    if help_text is not None:
-        _check_options(words[1:], set(re.findall(r"--[A-Za-z_][\w.+-]*", help_text)))
+    try:
+        known = set(_options_path(words[0]).read_text().split())
+    except OSError:
+        return None
+    _check_options(words[1:], known)
     return None
 
 

@@ -16,14 +16,14 @@ from ssl_norms import help_cache
 HEAVY = ("torch", "lightning", "torchmetrics", "torchvision")
 
 
-def run(words: list[str], cache, cwd, enabled: bool = True) -> subprocess.CompletedProcess:
+def run(words: list[str], cache, cwd, enabled: bool = True, columns: int = 100) -> subprocess.CompletedProcess:
     """``ssl-norms WORDS`` in a new process; its last stdout line lists the heavy modules imported."""
     script = (
         "import sys\nfrom ssl_norms.main import main\n"
         f"try:\n    main({words!r})\nexcept SystemExit as e:\n    print('exit', e.code)\n"
         f"print('heavy:', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
-    env = {**os.environ, "SSL_NORMS_CACHE": str(cache), "SSL_NORMS_HELP_CACHE": "1" if enabled else "0", "COLUMNS": "100",
+    env = {**os.environ, "SSL_NORMS_CACHE": str(cache), "SSL_NORMS_HELP_CACHE": "1" if enabled else "0", "COLUMNS": str(columns),
            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
@@ -37,7 +37,7 @@ def test_help_and_typos_come_from_the_parser_once_then_without_torch(tmp_path):
     # a run's parser (here one refusing a value) keeps the help it was built with
     refused = run(["fit", "--trainer.max_epochs=x"], cache, tmp_path)
     assert refused.stderr.strip().endswith("--trainer.max_epochs: Expected a <class 'int'> (see `ssl-norms fit --help`)")
-    assert len(list((cache / "cli-help").iterdir())) == 1
+    assert sorted(path.suffix for path in (cache / "cli-help").iterdir()) == [".options", ".txt"]
 
     answered = run(["fit", "--help"], cache, tmp_path)
     assert answered.stdout.splitlines()[-1] == "heavy: []"
@@ -56,6 +56,10 @@ def test_help_and_typos_come_from_the_parser_once_then_without_torch(tmp_path):
     # the parser itself says the same
     slow = run(["fit", "--sed_everything", "1"], cache, tmp_path, enabled=False)
     assert slow.stderr == "ssl-norms: error: unrecognized arguments: --sed_everything 1 (see `ssl-norms fit --help`)\n"
+    # a terminal of another width: the help is built for it, the options known whatever the width
+    wide = run(["fit", "--trainer.max_epocs", "3"], cache, tmp_path, columns=171)
+    assert wide.stdout.splitlines()[-2:] == ["exit 2", "heavy: []"]
+    assert "max_epochs" in wide.stderr
 
 
 KNOWN = {"--trainer.max_epochs", "--trainer.callbacks", "--seed_everything", "--model", "--model.help", "--config", "-c", "--help"}
