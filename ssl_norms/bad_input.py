@@ -260,8 +260,9 @@ def trainer_typo(line: str, options: list[str] | None = None) -> str:
     return line
 
 
-def _known_choices(option: str) -> str:
-    """For a bad --model / --data / callback class, name the project's classes that fit: that is the fix."""
+def project_classes(option: str) -> dict[str, type]:
+    """The project's classes an option takes, by name: methods for ``model``, data modules for
+    ``data``, callbacks for ``trainer.callbacks`` (empty for any other option)."""
     from lightning.pytorch.callbacks import Callback
 
     import ssl_norms.callbacks
@@ -270,15 +271,36 @@ def _known_choices(option: str) -> str:
     from ssl_norms.data import SSLDataModule
     from ssl_norms.methods import SSLMethod
 
-    base, package, label = {
-        "model": (SSLMethod, ssl_norms.methods, "known"),
-        "data": (SSLDataModule, ssl_norms.data, "known"),
-        "trainer.callbacks": (Callback, ssl_norms.callbacks, "the project's callbacks"),
-    }.get(option, (None, None, None))
+    base, package = {
+        "model": (SSLMethod, ssl_norms.methods),
+        "data": (SSLDataModule, ssl_norms.data),
+        "trainer.callbacks": (Callback, ssl_norms.callbacks),
+    }.get(option, (None, None))
     if base is None:
-        return ""
-    names = sorted(
-        name for name in dir(package)
+        return {}
+    return {
+        name: getattr(package, name) for name in sorted(dir(package))
         if isinstance(getattr(package, name), type) and issubclass(getattr(package, name), base) and getattr(package, name) is not base
-    )
-    return f"; {label}: {', '.join(names)}"
+    }
+
+
+def project_class_options() -> dict[str, dict[str, list[str]]]:
+    """For ``model`` and ``data``: the options of each project class, under every name a config
+    may give it (``SimCLR``, ``ssl_norms.methods.SimCLR``, ``ssl_norms.methods.simclr.SimCLR``)."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for option in ("model", "data"):
+        found[option] = {}
+        for name, cls in project_classes(option).items():
+            options = _options_of(cls)
+            package = "ssl_norms.methods" if option == "model" else "ssl_norms.data"
+            for alias in (name, f"{package}.{name}", f"{cls.__module__}.{cls.__qualname__}"):
+                found[option][alias] = options
+    return found
+
+
+def _known_choices(option: str) -> str:
+    """For a bad --model / --data / callback class, name the project's classes that fit: that is the fix."""
+    label = {"model": "known", "data": "known", "trainer.callbacks": "the project's callbacks"}.get(option)
+    if label is None:
+        return ""
+    return f"; {label}: {', '.join(project_classes(option))}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from contextlib import contextmanager, redirect_stdout
 from importlib import metadata
 from pathlib import Path
 
-from ssl_norms.bad_input import trainer_typo
+from ssl_norms.bad_input import _no_option, project_class_options, trainer_typo
 from ssl_norms.cache import cache_root
 
 ENV = "SSL_NORMS_HELP_CACHE"
@@ -90,29 +91,41 @@ def _options_path(command: str) -> Path:
     return cache_root() / "cli-help" / f"{_key([command, '--help'], width=False)}.options"
 
 
-def stored(words: Sequence[str]) -> str | None:
+def _sealed(text: str) -> str:
+    return f"{hashlib.sha256(text.encode()).hexdigest()}\n{text}"
+
+
+def _unsealed(path: Path) -> str | None:
+    """The text written by :func:`_write`, or None when missing or damaged (a disk error, a partial copy)."""
     try:
-        return _path(words).read_text()
-    except OSError:
+        digest, _, text = path.read_text().partition("\n")
+    except (OSError, ValueError):
         return None
+    return text if hashlib.sha256(text.encode()).hexdigest() == digest else None
+
+
+def stored(words: Sequence[str]) -> str | None:
+    return _unsealed(_path(words))
 
 
 def _write(path: Path, text: str) -> None:
-    """Write ``text`` whole or not at all; a cache that cannot be written is no error."""
+    """Write ``text`` whole or not at all, under its checksum; a cache that cannot be written is no error."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.part")
-        partial.write_text(text)
+        partial.write_text(_sealed(text))
         os.replace(partial, path)
     except OSError:
         pass
 
 
 def store(words: Sequence[str], text: str) -> None:
-    """Keep ``text`` for ``words``, and a command's options with its plain ``--help``."""
+    """Keep ``text`` for ``words``; with a command's plain ``--help``, also its options and those of
+    the project's methods and data modules (the parser's process has imported them)."""
     _write(_path(words), text)
     if len(words) == 2 and words[1] == "--help":
-        _write(_options_path(words[0]), "\n".join(sorted(set(re.findall(r"--[A-Za-z_][\w.+-]*", text)))) + "\n")
+        options = sorted(set(re.findall(r"--[A-Za-z_][\w.+-]*", text)))
+        _write(_options_path(words[0]), json.dumps({"options": options, "classes": project_class_options()}))
 
 
 def keep_help(command: str, render) -> None:
@@ -128,19 +141,85 @@ def answer(words: Sequence[str]) -> str | None:
         return None
     if asks_for_help(words):
         return stored(words)
-    try:
-        known = set(_options_path(words[0]).read_text().split())
-    except OSError:
+    known = _unsealed(_options_path(words[0]))
+    if known is None:
         return None
-    _check_options(words[1:], known)
+    known = json.loads(known)
+    _check_class_options(words[1:], known["classes"])
+    _check_options(words[1:], set(known["options"]))
     return None
+
+
+def _classes_of_config(path: Path, found: dict[str, str | None], seen: frozenset[Path] = frozenset()) -> None:
+    """Update ``found`` (``model``/``data`` -> class name, None: not known here) by the config at
+    ``path``: the configs it builds on first, then its own blocks (a class path, or a file holding one)."""
+    import yaml  # here: only a command line with a config needs it
+
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        content = None
+    if not isinstance(content, dict) or path.resolve() in seen:
+        found.update(model=None, data=None)
+        return
+    seen = seen | {path.resolve()}
+    bases = content.get("config")
+    for base in bases if isinstance(bases, list) else [bases] if bases else []:
+        _classes_of_config(path.parent / str(base), found, seen)
+    for kind in ("model", "data"):
+        if kind in content:
+            found[kind] = _class_of_block(content[kind], path.parent, found[kind])
+
+
+def _class_of_block(block: object, folder: Path, before: str | None) -> str | None:
+    """The class a ``model:``/``data:`` value sets: a class path, a file of one, or init_args alone
+    (the class before stays); None when only the parser can tell."""
+    import yaml
+
+    if isinstance(block, str) and Path(folder, block).suffix in (".yaml", ".yml"):
+        try:
+            block = yaml.safe_load(Path(folder, block).read_text())
+        except (OSError, ValueError, yaml.YAMLError):
+            return None
+    if isinstance(block, str):
+        return block if re.fullmatch(r"[\w.]+", block) else None
+    if isinstance(block, dict) and set(block) <= {"class_path", "init_args", "dict_kwargs"}:
+        return block["class_path"] if isinstance(block.get("class_path"), str) else before
+    return None
+
+
+def _check_class_options(words: Sequence[str], classes: dict[str, dict[str, list[str]]]) -> None:
+    """Raise the parser's error for a ``--model.OPTION`` / ``--data.init_args.OPTION`` that the
+    project class set at that point of the command line (by a config, ``--model`` or
+    ``--model.class_path``) does not take. Classes the project does not define, options nested
+    deeper and values only the parser can read are left to it."""
+    found: dict[str, str | None] = {"model": None, "data": None}
+    for i, word in enumerate(words):
+        flag, eq, value = word.partition("=")
+        value = value if eq else words[i + 1] if i + 1 < len(words) else ""
+        if flag in ("--config", "-c"):
+            _classes_of_config(Path(value), found)
+            continue
+        match = re.fullmatch(r"--(model|data)(?:\.class_path)?", flag)
+        if match:
+            found[match[1]] = _class_of_block(value, Path(), found[match[1]])
+            continue
+        match = re.fullmatch(r"--(model|data)\.(?:init_args\.)?(\w+)", flag)
+        if not match or match[2] in ("help", "class_path", "init_args", "dict_kwargs") or found[match[1]] is None:
+            continue
+        kind, option = match[1], match[2]
+        options = classes[kind].get(found[kind])
+        if options is not None and option not in options:
+            name = found[kind].rsplit(".", 1)[-1]
+            raise ArgumentError(None, f"--{kind}: {_no_option(name, option, options, f'its options: --{kind}.help {name}')}")
 
 
 def _check_options(words: Sequence[str], known: set[str]) -> None:
     """Raise the parser's "unrecognized arguments" error (a trainer typo named as the parser names
     it) when ``words`` hold options no option of ``known`` is or begins with (argparse takes
-    abbreviations). Any word whose meaning only the parser knows (--model.*, --data.*, nested
-    trainer options, unknown short flags, ``--``) leaves the decision to it."""
+    abbreviations). Options under a class (--model.*, --data.*, nested trainer options) are the
+    class's (:func:`_check_class_options`); an unknown short flag, a dotted option under an
+    abbreviated group or ``--`` leaves the decision to the parser."""
     extras, taking_values = [], False
     for word in words:
         if word == "--":
@@ -151,7 +230,12 @@ def _check_options(words: Sequence[str], known: set[str]) -> None:
                 taking_values = False
                 continue
             if "." in name and not (name.startswith("--trainer.") and name.count(".") == 1):
-                return
+                group = name.split(".")[0]
+                if group in known:  # --model.*, --data.*, nested --trainer.*: their class's options
+                    taking_values = False
+                    continue
+                if any(option.startswith(group) for option in known):
+                    return
             extras.append(word)
             taking_values = True
         elif word.startswith("-") and not _NEGATIVE_NUMBER.fullmatch(word):

@@ -266,7 +266,7 @@ def images(place: Place) -> None:
 
 
 def damage_caches(place: Place) -> None:
-    """Overwrite every decoded-image cache file with garbage of the same size (a disk error)."""
+    """Overwrite every cache file (decoded images, the CLI's help) with garbage of the same size (a disk error)."""
     caches = [path for path in (place.work / "cache").rglob("*") if path.is_file()]
     assert caches, "the first fit wrote no decoded-image cache"
     for path in caches:

@@ -56,6 +56,13 @@ def test_help_and_typos_come_from_the_parser_once_then_without_torch(tmp_path):
     # the parser itself says the same
     slow = run(["fit", "--sed_everything", "1"], cache, tmp_path, enabled=False)
     assert slow.stderr == "ssl-norms: error: unrecognized arguments: --sed_everything 1 (see `ssl-norms fit --help`)\n"
+    # a method's option, the method set by the config a config builds on
+    config = str(REPO / "configs" / "simclr" / "cifar10.yaml")
+    typo = ["fit", "--config", config, "--model.init_args.temprature", "0.3"]
+    fast, slow = run(typo, cache, tmp_path), run(typo, cache, tmp_path, enabled=False)
+    assert fast.stdout.splitlines()[-2:] == ["exit 2", "heavy: []"]
+    assert fast.stderr == slow.stderr == (
+        "ssl-norms: error: --model: SimCLR has no option 'temprature' (did you mean 'temperature'?) (see `ssl-norms fit --help`)\n")
     # a terminal of another width: the help is built for it, the options known whatever the width
     wide = run(["fit", "--trainer.max_epocs", "3"], cache, tmp_path, columns=171)
     assert wide.stdout.splitlines()[-2:] == ["exit 2", "heavy: []"]
@@ -110,3 +117,69 @@ def test_only_a_help_that_ended_well_is_kept(tmp_path, monkeypatch, capsys):
             raise SystemExit(code)
         assert help_cache.stored(["fit", "--help"]) == kept
     assert capsys.readouterr().out == "usage: fit\nusage: fit\n"  # printed as it is recorded
+
+
+CLASSES = {
+    "model": {"SimCLR": ["lr", "temperature"], "ssl_norms.methods.SimCLR": ["lr", "temperature"], "SimSiam": ["lr"]},
+    "data": {"ssl_norms.data.CIFAR10DataModule": ["batch_size"]},
+}
+
+
+def test_a_class_option_is_checked_against_the_class_set_at_that_point(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.yaml").write_text("class_path: ssl_norms.data.CIFAR10DataModule\ninit_args: {batch_size: 8}\n")
+    (tmp_path / "base.yaml").write_text("model:\n  class_path: ssl_norms.methods.SimCLR\ndata: data.yaml\n")
+    (tmp_path / "child.yaml").write_text("config: base.yaml\nmodel:\n  init_args: {lr: 0.1}\n")
+    check = help_cache._check_class_options
+    check(["--config", "child.yaml", "--model.init_args.temperature", "0.2", "--data.batch_size", "4"], CLASSES)
+    with pytest.raises(ArgumentError, match=r"^--model: SimCLR has no option 'temprature' \(did you mean 'temperature'\?\)$"):
+        check(["-c", "child.yaml", "--model.temprature", "0.2"], CLASSES)
+    with pytest.raises(ArgumentError, match=r"^--data: CIFAR10DataModule has no option 'batch' \(did you mean 'batch_size'\?\)$"):
+        check(["--config=child.yaml", "--data.init_args.batch=4"], CLASSES)
+    with pytest.raises(ArgumentError, match=r"^--model: SimSiam has no option 'temperature' \(its options: --model.help SimSiam\)$"):
+        check(["--config", "child.yaml", "--model", "SimSiam", "--model.temperature", "0.2"], CLASSES)
+    check(["--model.temprature", "0.2"], CLASSES)  # no class given: the parser's word
+    check(["--model", "my_project.MyMethod", "--model.anything", "1"], CLASSES)  # not a project class
+    check(["--model", "{class_path: SimCLR}", "--model.temprature", "1"], CLASSES)  # inline YAML: the parser reads it
+    check(["--config", "child.yaml", "--model.init_args.backbone_kwargs.depth", "2"], CLASSES)  # nested deeper
+    check(["--config", "missing.yaml", "--model.temprature", "1"], CLASSES)
+
+
+def test_every_option_the_repos_configs_give_a_method_or_data_module_passes_the_check():
+    classes = help_cache.project_class_options()
+    configs = sorted((REPO / "configs").rglob("*.yaml"))
+    checked = 0
+    for config in configs:
+        found = {"model": None, "data": None}
+        help_cache._classes_of_config(config, found)
+        words = ["--config", str(config)]
+        for kind, block in _blocks(config):
+            words += [f"--{kind}.init_args.{key}" for key in block]
+            checked += len(block) if found[kind] in classes[kind] else 0
+        help_cache._check_class_options(words, classes)
+    assert checked > 50  # 90 when written
+
+
+def _blocks(config):
+    """(kind, init_args) of the model/data blocks a config file writes itself."""
+    import yaml
+
+    content = yaml.safe_load(config.read_text()) or {}
+    if set(content) <= {"class_path", "init_args", "dict_kwargs"}:
+        return []
+    return [(kind, content[kind].get("init_args") or {}) for kind in ("model", "data") if isinstance(content.get(kind), dict)]
+
+
+def test_a_damaged_help_file_is_a_miss_and_is_written_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_NORMS_CACHE", str(tmp_path))
+    monkeypatch.setenv("SSL_NORMS_HELP_CACHE", "1")
+    help_cache.store(["fit", "--help"], "usage: fit [--trainer.max_epochs N]\n")
+    assert help_cache.answer(["fit", "--help"]) == "usage: fit [--trainer.max_epochs N]\n"
+    with pytest.raises(ArgumentError):
+        help_cache.answer(["fit", "--trainer.max_epocs", "3"])
+    for path in (tmp_path / "cli-help").iterdir():  # a disk error: bytes of the same length
+        path.write_bytes(bytes(range(256)) * (path.stat().st_size // 256) + b"x" * (path.stat().st_size % 256))
+    assert help_cache.answer(["fit", "--help"]) is None
+    assert help_cache.answer(["fit", "--trainer.max_epocs", "3"]) is None  # the parser will say it
+    help_cache.keep_help("fit", lambda: "usage: fit again\n")
+    assert help_cache.answer(["fit", "--help"]) == "usage: fit again\n"
