@@ -128,6 +128,20 @@ def test_low_precision_search_on_a_bank_large_enough_for_blocked_selection_gives
     assert 0 < certified.sum() < len(queries) and 0 < rescored.sum() < len(redo)
 
 
+def test_votes_the_bound_cannot_certify_stop_the_low_precision_search_after_a_small_first_chunk(monkeypatch):
+    from ssl_norms import eval as knn
+
+    g = torch.Generator().manual_seed(6)
+    bank, labels = torch.randn(20_000, 16, generator=g).abs(), torch.randint(0, 10, (20_000,), generator=g)
+    queries = torch.randn(700, 16, generator=g).abs()  # all-positive: cosines near 1, dense, votes close
+    searched = []
+    search = knn._LowPrecisionBank.search
+    monkeypatch.setattr(knn._LowPrecisionBank, "search", lambda self, q, n: searched.append(len(q)) or search(self, q, n))
+    scores = knn_scores(bank, labels, queries, 10, k=20, search=torch.bfloat16, chunk_size=256)
+    assert searched == [knn.PROBE_QUERIES]
+    assert torch.equal(scores.argmax(1), knn_scores(bank, labels, queries, 10, k=20, search=torch.float32).argmax(1))
+
+
 def test_knn_scores_top5_matches_brute_force_and_default_search_equals_fp32():
     g = torch.Generator().manual_seed(4)
     means = torch.randn(12, 32, generator=g)
