@@ -77,8 +77,9 @@ def _key(words: Sequence[str], width: bool = True) -> str:
     for path in sorted(package.rglob("*.py")):
         stat = path.stat()
         add(str(path.relative_to(package)), stat.st_mtime_ns, stat.st_size)
-    for path in _files(words):
-        add(str(path), path.read_bytes())
+    for path in _files(words):  # a config by its content; any other file (a checkpoint) by size and time
+        stat = path.stat()
+        add(str(path), path.read_bytes() if path.suffix in (".yaml", ".yml", ".json") else (stat.st_size, stat.st_mtime_ns))
     return digest.hexdigest()[:32]
 
 
@@ -260,6 +261,9 @@ class _Tee(io.StringIO):
 
     def flush(self) -> None:
         self.stream.flush()
+
+    def isatty(self) -> bool:  # the help is formatted for where it goes
+        return self.stream.isatty()
 
 
 @contextmanager
