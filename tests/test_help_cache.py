@@ -183,3 +183,35 @@ def test_a_damaged_help_file_is_a_miss_and_is_written_again(tmp_path, monkeypatc
     assert help_cache.answer(["fit", "--trainer.max_epocs", "3"]) is None  # the parser will say it
     help_cache.keep_help("fit", lambda: "usage: fit again\n")
     assert help_cache.answer(["fit", "--help"]) == "usage: fit again\n"
+
+
+def _documented_command_lines() -> list[list[str]]:
+    """Every fit/validate/test/predict command line the repo's Markdown shows (continued lines joined)."""
+    import re
+    import shlex
+
+    lines = []
+    for doc in [*REPO.glob("*.md"), *(REPO / "configs").rglob("*.md"), *(REPO / "benchmarks").rglob("*.md")]:
+        text = doc.read_text().replace("\\\n", " ")
+        for match in re.finditer(r"ssl-norms ((?:fit|validate|test|predict)\b[^#`\n|]*)", text):
+            try:
+                lines.append(shlex.split(match[1]))
+            except ValueError:  # an unbalanced quote in prose
+                continue
+    return lines
+
+
+def test_no_documented_command_line_is_refused_by_the_kept_help(tmp_path, monkeypatch, capsys):
+    from ssl_norms.main import main
+
+    monkeypatch.setenv("SSL_NORMS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SSL_NORMS_HELP_CACHE", "1")
+    monkeypatch.chdir(REPO)  # the documented config paths are relative to the repo
+    for command in ("fit", "validate", "test", "predict"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])  # the parser prints it; it is kept with the options
+    capsys.readouterr()
+    lines = _documented_command_lines()
+    assert len(lines) > 30
+    for words in lines:
+        assert help_cache.answer(words) is None, words  # no error raised, nothing answered from the cache
