@@ -171,7 +171,7 @@ class SSLNormsCLI(LightningCLI):
         # the parser is built: keep its help, so the next `COMMAND --help` and mistyped option answer at once
         command = next((word for word in self.words if word in LIGHTNING_COMMANDS), None)
         if command is not None:
-            help_cache.keep_help(command, parser._subcommands_action.choices[command].format_help)
+            help_cache.keep_help(command, parser._subcommands_action.choices[command])
         super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:

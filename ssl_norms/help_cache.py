@@ -2,9 +2,10 @@
 imports torch, Lightning and torchmetrics (5-6 s on 2 cores). What it prints depends only on the
 words given, the files they name, ssl_norms' source, the installed packages, the terminal width and
 the SSL_NORMS_* settings, so a help text is stored under a hash of those the first time and printed
-from there after (0.2 s). The stored ``COMMAND --help`` also names every option the command takes,
-which answers a mistyped ``--option`` or ``--trainer.option`` at once, with the parser's message.
-``SSL_NORMS_HELP_CACHE=0`` always builds the parser.
+from there after (0.1 s). Whenever the parser is built, the command's option names and the types
+of its plain-typed options are kept as well, with the options of the project's methods and data
+modules: a mistyped option, or a value such an option refuses, is then answered at once with the
+parser's own message. ``SSL_NORMS_HELP_CACHE=0`` always builds the parser.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import os
 import re
 import shutil
 import sys
+import types
+import typing
 from argparse import ArgumentError
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from importlib import metadata
 from pathlib import Path
 
-from ssl_norms.bad_input import _no_option, project_class_options, trainer_typo
+from ssl_norms.bad_input import _no_option, one_line_error, project_class_options, trainer_typo
 from ssl_norms.cache import cache_root
 
 ENV = "SSL_NORMS_HELP_CACHE"
@@ -121,18 +124,51 @@ def _write(path: Path, text: str) -> None:
 
 
 def store(words: Sequence[str], text: str) -> None:
-    """Keep ``text`` for ``words``; with a command's plain ``--help``, also its options and those of
-    the project's methods and data modules (the parser's process has imported them)."""
+    """Keep the help ``text`` printed for ``words``."""
     _write(_path(words), text)
-    if len(words) == 2 and words[1] == "--help":
-        options = sorted(set(re.findall(r"--[A-Za-z_][\w.+-]*", text)))
-        _write(_options_path(words[0]), json.dumps({"options": options, "classes": project_class_options()}))
 
 
-def keep_help(command: str, render) -> None:
-    """Store ``COMMAND --help`` from a parser built for another reason (a run), unless stored."""
-    if enabled() and stored([command, "--help"]) is None:
-        store([command, "--help"], render())
+_SIMPLE = {"int": int, "float": float, "bool": bool, "str": str, "null": type(None)}
+
+
+def _describe(hint: object) -> object:
+    """A JSON form of a type made of int, float, bool, str, None, Literal and Union; None for any other."""
+    for name, kind in _SIMPLE.items():
+        if hint is kind:
+            return name
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal and all(arg is None or isinstance(arg, (bool, int, float, str)) for arg in args):
+        return {"literal": list(args)}
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(arg) for arg in args]
+        return None if None in parts else {"union": parts}
+    return None
+
+
+def _hint(description: object) -> object:
+    if isinstance(description, str):
+        return _SIMPLE[description]
+    if "literal" in description:
+        return typing.Literal[tuple(description["literal"])]
+    return typing.Union[tuple(_hint(part) for part in description["union"])]
+
+
+def keep_help(command: str, parser) -> None:
+    """Keep what the command's ``parser`` (built for a run, or to print help) says: its help text,
+    its option names, the types of its plain-typed options, and the options of the project's
+    methods and data modules (imported by then)."""
+    if not enabled():
+        return
+    if stored([command, "--help"]) is None:
+        store([command, "--help"], parser.format_help())
+    if _unsealed(_options_path(command)) is None:
+        options = sorted({option for action in parser._actions for option in action.option_strings})
+        kinds = {option: _describe(action._typehint) for action in parser._actions if hasattr(action, "_typehint")
+                 for option in action.option_strings if not option.endswith("+")}
+        _write(_options_path(command), json.dumps({
+            "options": options, "classes": project_class_options(),
+            "types": {option: kind for option, kind in kinds.items() if kind is not None},
+        }))
 
 
 def answer(words: Sequence[str]) -> str | None:
@@ -146,9 +182,30 @@ def answer(words: Sequence[str]) -> str | None:
     if known is None:
         return None
     known = json.loads(known)
+    _check_values(words[1:], known["types"])  # the parser, too, says a bad value before an unknown option
     _check_class_options(words[1:], known["classes"])
     _check_options(words[1:], set(known["options"]))
     return None
+
+
+def _check_values(words: Sequence[str], kinds: dict[str, object]) -> None:
+    """Raise the parser's error for a value its plain-typed option (an int, a choice, ...) refuses:
+    the same check, jsonargparse's, on a parser of that one option."""
+    from jsonargparse import ArgumentParser
+
+    for i, word in enumerate(words):
+        flag, eq, value = word.partition("=")
+        if flag not in kinds or not (eq or i + 1 < len(words)):
+            continue
+        value = value if eq else words[i + 1]
+        if not eq and value.startswith("-") and not _NEGATIVE_NUMBER.fullmatch(value):
+            continue  # no value given: the parser says so
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument(flag, type=_hint(kinds[flag]))
+        try:
+            parser.parse_args([f"{flag}={value}"])
+        except ArgumentError as err:
+            raise ArgumentError(None, one_line_error(str(err))) from None
 
 
 def _classes_of_config(path: Path, found: dict[str, str | None], seen: frozenset[Path] = frozenset()) -> None:

@@ -3,10 +3,12 @@ before (ssl_norms.help_cache), byte for byte what the parser prints, without imp
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from argparse import ArgumentError
+from typing import Literal, Optional, Union
 
 import pytest
 
@@ -44,6 +46,7 @@ def test_help_and_typos_come_from_the_parser_once_then_without_torch(tmp_path):
     assert answered.stdout.rsplit("heavy:", 1)[0] == parser_help
 
     typos = {
+        "--trainer.max_epochs=x": "--trainer.max_epochs: Expected a <class 'int'>",  # as the refused run above said
         "--trainer.max_epocs 3": "Trainer has no option 'max_epocs' (did you mean 'max_epochs'?)",
         "--trainer.max_epochs 2 --trainer.fast_dev_rn=1": "Trainer has no option 'fast_dev_rn' (did you mean 'fast_dev_run'?)",
         "--sed_everything 1": "unrecognized arguments: --sed_everything 1",
@@ -170,19 +173,66 @@ def _blocks(config):
     return [(kind, content[kind].get("init_args") or {}) for kind in ("model", "data") if isinstance(content.get(kind), dict)]
 
 
+def small_parser():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="fit", exit_on_error=False)
+    parser.add_argument("--trainer.max_epochs", type=Optional[int])
+    parser.add_argument("--trainer.precision", type=Union[Literal[16, 32], Literal["bf16-mixed", "32-true"], None])
+    parser.add_argument("--trainer.limit_train_batches", type=Union[int, float, None])
+    parser.add_argument("--trainer.logger", type=Union[bool, list, None])  # not a plain type: left to the parser
+    return parser
+
+
 def test_a_damaged_help_file_is_a_miss_and_is_written_again(tmp_path, monkeypatch):
     monkeypatch.setenv("SSL_NORMS_CACHE", str(tmp_path))
     monkeypatch.setenv("SSL_NORMS_HELP_CACHE", "1")
-    help_cache.store(["fit", "--help"], "usage: fit [--trainer.max_epochs N]\n")
-    assert help_cache.answer(["fit", "--help"]) == "usage: fit [--trainer.max_epochs N]\n"
+    help_cache.keep_help("fit", small_parser())
+    assert "--trainer.max_epochs" in help_cache.answer(["fit", "--help"])
     with pytest.raises(ArgumentError):
         help_cache.answer(["fit", "--trainer.max_epocs", "3"])
     for path in (tmp_path / "cli-help").iterdir():  # a disk error: bytes of the same length
         path.write_bytes(bytes(range(256)) * (path.stat().st_size // 256) + b"x" * (path.stat().st_size % 256))
     assert help_cache.answer(["fit", "--help"]) is None
     assert help_cache.answer(["fit", "--trainer.max_epocs", "3"]) is None  # the parser will say it
-    help_cache.keep_help("fit", lambda: "usage: fit again\n")
-    assert help_cache.answer(["fit", "--help"]) == "usage: fit again\n"
+    help_cache.keep_help("fit", small_parser())
+    assert "--trainer.max_epochs" in help_cache.answer(["fit", "--help"])
+    with pytest.raises(ArgumentError):
+        help_cache.answer(["fit", "--trainer.max_epocs", "3"])
+
+
+@pytest.mark.parametrize("words", [
+    ["--trainer.max_epochs", "5"], ["--trainer.max_epochs=null"], ["--trainer.max_epochs", "-1"], ["--trainer.precision", "16"],
+    ["--trainer.precision=bf16-mixed"], ["--trainer.limit_train_batches", "0.5"], ["--trainer.logger", "anything"],
+    ["--trainer.max_epochs"], ["--trainer.max_epochs", "--trainer.precision", "16"],  # a missing value: the parser's word
+])
+def test_values_the_option_takes_pass(words, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_NORMS_CACHE", str(tmp_path))
+    monkeypatch.setenv("SSL_NORMS_HELP_CACHE", "1")
+    help_cache.keep_help("fit", small_parser())
+    assert help_cache.answer(["fit", *words]) is None
+
+
+@pytest.mark.parametrize("words, message", [
+    (["--trainer.max_epochs=x"], "--trainer.max_epochs: Expected a <class 'int'>"),
+    (["--trainer.max_epochs", "1e3"], "--trainer.max_epochs: Expected a <class 'int'>. Got value: 1000.0"),
+    (["--trainer.precision", "bf17"], "--trainer.precision: expected int or one of 'bf16-mixed', '32-true', got 'bf17'"),
+    (["--trainer.limit_train_batches", "inf", "--foo"], "--trainer.limit_train_batches: expected int or float, got 'inf'"),
+])
+def test_a_value_the_option_refuses_is_refused_as_the_parser_refuses_it(words, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_NORMS_CACHE", str(tmp_path))
+    monkeypatch.setenv("SSL_NORMS_HELP_CACHE", "1")
+    help_cache.keep_help("fit", small_parser())
+    with pytest.raises(ArgumentError) as refused:
+        help_cache.answer(["fit", *words])
+    assert str(refused.value) == message
+
+
+def test_plain_types_survive_their_json_form():
+    for hint in (int, Optional[int], Union[int, bool], Union[bool, Literal["warn"], None], str | None,
+                 Union[Literal[64, 32], Literal["bf16"], None]):
+        assert help_cache._hint(json.loads(json.dumps(help_cache._describe(hint)))) == hint
+    assert help_cache._describe(Union[list[int], str, int]) is None
 
 
 def _documented_command_lines() -> list[list[str]]:
