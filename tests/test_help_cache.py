@@ -1,5 +1,6 @@
 """fit/validate/test/predict answer --help and mistyped options from the help their parser printed
-before (ssl_norms.help_cache), byte for byte what the parser prints, without importing torch."""
+before (ssl_norms.help_cache, ssl_norms.option_check), byte for byte what the parser prints, without
+importing torch."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Literal, Optional, Union
 import pytest
 
 from conftest import REPO
-from ssl_norms import help_cache
+from ssl_norms import help_cache, option_check
 
 HEAVY = ("torch", "lightning", "torchmetrics", "torchvision")
 
@@ -85,14 +86,14 @@ KNOWN = {"--trainer.max_epochs", "--trainer.callbacks", "--seed_everything", "--
     ["--seed_everything", "1", "-c", "a.yaml"],
 ])
 def test_words_whose_meaning_only_the_parser_knows_are_left_to_it(words):
-    help_cache._check_options(words, KNOWN)  # no error
+    option_check.check_options(words, KNOWN)  # no error
 
 
 def test_an_unknown_option_is_refused_as_the_parser_refuses_it():
     with pytest.raises(ArgumentError, match=r"^unrecognized arguments: --sed 1 --x$"):
-        help_cache._check_options(["--sed", "1", "--model", "SimCLR", "--x"], KNOWN)
+        option_check.check_options(["--sed", "1", "--model", "SimCLR", "--x"], KNOWN)
     with pytest.raises(ArgumentError, match=r"^Trainer has no option 'max_epocs' \(did you mean 'max_epochs'\?\)$"):
-        help_cache._check_options(["--trainer.max_epocs=3"], KNOWN)
+        option_check.check_options(["--trainer.max_epocs=3"], KNOWN)
 
 
 def test_the_key_follows_the_files_the_words_name_and_theirs(tmp_path, monkeypatch):
@@ -133,7 +134,7 @@ def test_a_class_option_is_checked_against_the_class_set_at_that_point(tmp_path,
     (tmp_path / "data.yaml").write_text("class_path: ssl_norms.data.CIFAR10DataModule\ninit_args: {batch_size: 8}\n")
     (tmp_path / "base.yaml").write_text("model:\n  class_path: ssl_norms.methods.SimCLR\ndata: data.yaml\n")
     (tmp_path / "child.yaml").write_text("config: base.yaml\nmodel:\n  init_args: {lr: 0.1}\n")
-    check = help_cache._check_class_options
+    check = option_check.check_class_options
     check(["--config", "child.yaml", "--model.init_args.temperature", "0.2", "--data.batch_size", "4"], CLASSES)
     with pytest.raises(ArgumentError, match=r"^--model: SimCLR has no option 'temprature' \(did you mean 'temperature'\?\)$"):
         check(["-c", "child.yaml", "--model.temprature", "0.2"], CLASSES)
@@ -149,17 +150,19 @@ def test_a_class_option_is_checked_against_the_class_set_at_that_point(tmp_path,
 
 
 def test_every_option_the_repos_configs_give_a_method_or_data_module_passes_the_check():
-    classes = help_cache.project_class_options()
+    from ssl_norms.bad_input import project_class_options
+
+    classes = project_class_options()
     configs = sorted((REPO / "configs").rglob("*.yaml"))
     checked = 0
     for config in configs:
         found = {"model": None, "data": None}
-        help_cache._classes_of_config(config, found)
+        option_check.classes_of_config(config, found)
         words = ["--config", str(config)]
         for kind, block in _blocks(config):
             words += [f"--{kind}.init_args.{key}" for key in block]
             checked += len(block) if found[kind] in classes[kind] else 0
-        help_cache._check_class_options(words, classes)
+        option_check.check_class_options(words, classes)
     assert checked > 50  # 90 when written
 
 
@@ -231,8 +234,8 @@ def test_a_value_the_option_refuses_is_refused_as_the_parser_refuses_it(words, m
 def test_plain_types_survive_their_json_form():
     for hint in (int, Optional[int], Union[int, bool], Union[bool, Literal["warn"], None], str | None,
                  Union[Literal[64, 32], Literal["bf16"], None]):
-        assert help_cache._hint(json.loads(json.dumps(help_cache._describe(hint)))) == hint
-    assert help_cache._describe(Union[list[int], str, int]) is None
+        assert option_check.type_of(json.loads(json.dumps(option_check.describe_type(hint)))) == hint
+    assert option_check.describe_type(Union[list[int], str, int]) is None
 
 
 def _documented_command_lines() -> list[list[str]]:
