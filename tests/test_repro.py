@@ -124,4 +124,5 @@ def test_demo_study_runs_resumes_and_reports_without_touching_the_runs(tmp_path,
     assert len(results["confidence"]["knn_by_norm"]) == 5  # quintiles with standard errors
     text = (out / "REPRODUCTION.md").read_text()
     assert "hand-written" in text and "| simclr | cut3 |" in text and "not run" in text
+    assert str(tmp_path) not in text and "--run_dir=$REPRO_RUNS/cpu-scale-demo/" in text  # no path of this machine
     assert (out / "knn_curves.png").stat().st_size < 200_000

@@ -285,13 +285,17 @@ def verdict_table(claims: Sequence[dict[str, Any]]) -> str:
 
 
 def commands(points: Sequence[StudyPoint]) -> str:
-    """One ``ssl-norms fit`` per kind of point (paths relative to the repository)."""
+    """One ``ssl-norms fit`` per kind of point: paths relative to the repository, run dirs under
+    ``$REPRO_RUNS`` (the runs root ``make repro-cpu`` takes), not this machine's."""
     from ssl_norms.repro.plan import REPO
 
     kinds: dict[str, StudyPoint] = {}
     for p in points:
         kinds.setdefault(re.sub(r"[0-9.]+", "", p.variant), p)
-    return "\n".join(f"    {shlex.join(p.fit.command())}".replace(f"{REPO}/", "") for p in kinds.values())
+    runs = points[0].fit.run_dir.parent.parent if points else REPO
+    return "\n".join(
+        f"    {shlex.join(p.fit.command())}".replace(f"{REPO}/", "").replace(f"={runs}/", "=$REPRO_RUNS/") for p in kinds.values()
+    )
 
 
 def markdown(data: dict[str, Any], points: Sequence[StudyPoint], profile: Profile, figure_names: Sequence[str], notes: str) -> str:
